@@ -1,0 +1,147 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The aiohttp application: routes, event streams and wiring to the reader manager."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from cardd import __version__
+from cardd.api.errors import from_card_error, json_error
+from cardd.api.security import ROUTE_SCOPE, ensure_token, security_middleware
+from cardd.config import Config
+from cardd.errors import CardError
+from cardd.events import EventBus
+from cardd.readers.manager import ReaderManager
+
+logger = logging.getLogger(__name__)
+
+MANAGER_KEY = web.AppKey("manager", ReaderManager)
+BUS_KEY = web.AppKey("bus", EventBus)
+#: SSE keep-alive comment interval; keeps proxies and the browser's idle timers quiet
+HEARTBEAT_SECONDS = 15.0
+
+
+def _route(name: str, scope: str | None = None) -> str:
+    if scope is not None:
+        ROUTE_SCOPE[name] = scope
+    return name
+
+
+@web.middleware
+async def card_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    try:
+        return await handler(request)
+    except CardError as e:
+        return from_card_error(e)
+    except (web.HTTPException, asyncio.CancelledError):
+        raise
+    except Exception:
+        logger.exception("unexpected error in %s %s", request.method, request.path)
+        return json_error(500, "internal_error", "cardd hit an internal error; see its log.")
+
+
+async def health(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER_KEY]
+    backends = manager.backend_states()
+    return web.json_response(
+        {
+            "status": "ok" if all(v == "up" for v in backends.values()) else "degraded",
+            "version": __version__,
+            "backends": backends,
+            "readers": len(manager.readers()),
+        }
+    )
+
+
+async def readers(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER_KEY]
+    return web.json_response({"readers": [r.to_dict() for r in manager.readers()]})
+
+
+def _sse_frame(event_type: str, data: dict[str, Any], seq: int | None = None) -> bytes:
+    lines = []
+    if seq is not None:
+        lines.append(f"id: {seq}")
+    lines.append(f"event: {event_type}")
+    lines.append("data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def events_sse(request: web.Request) -> web.StreamResponse:
+    manager = request.app[MANAGER_KEY]
+    bus = request.app[BUS_KEY]
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "X-Accel-Buffering": "no"}
+    )
+    # Headers (CORS, security) are added by the middleware only after the handler returns, so a
+    # streaming response must get them now: prepare() sends them.
+    _copy_security_headers(request, resp)
+    with bus.subscribe() as sub:
+        await resp.prepare(request)
+        await resp.write(
+            _sse_frame("hello", {"version": __version__, "readers": [r.to_dict() for r in manager.readers()]})
+        )
+        while True:
+            try:
+                event = await sub.get(timeout=HEARTBEAT_SECONDS)
+            except TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            await resp.write(_sse_frame(event.type, event.to_dict(), event.seq))
+
+
+async def events_ws(request: web.Request) -> web.StreamResponse:
+    manager = request.app[MANAGER_KEY]
+    bus = request.app[BUS_KEY]
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=4096)
+    _copy_security_headers(request, ws)
+    await ws.prepare(request)
+    await ws.send_json({"type": "hello", "version": __version__,
+                        "readers": [r.to_dict() for r in manager.readers()]})
+    with bus.subscribe() as sub:
+
+        async def pump() -> None:
+            while True:
+                event = await sub.get()
+                await ws.send_str(json.dumps(event.to_dict(), ensure_ascii=False))
+
+        pump_task = asyncio.create_task(pump())
+        try:
+            async for msg in ws:  # the client sends nothing we act on; we only watch for close
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            pump_task.cancel()
+    return ws
+
+
+def _copy_security_headers(request: web.Request, resp: web.StreamResponse) -> None:
+    from cardd.api.security import SECURITY_HEADERS
+
+    for k, v in SECURITY_HEADERS.items():
+        resp.headers[k] = v
+    origin = request.headers.get("Origin")
+    if origin is not None:  # the middleware already refused origins that are not allowed
+        resp.headers["Access-Control-Allow-Origin"] = origin
+        resp.headers["Vary"] = "Origin"
+
+
+def create_app(config: Config, manager: ReaderManager, bus: EventBus) -> web.Application:
+    token_file = config.api.token_file or (config.state_dir / "token")
+    token = ensure_token(token_file)
+    app = web.Application(
+        middlewares=[security_middleware(config.api, token), card_errors],
+        client_max_size=64 * 1024,
+    )
+    app[MANAGER_KEY] = manager
+    app[BUS_KEY] = bus
+    app.router.add_get("/v1/health", health, name=_route("health"))
+    app.router.add_get("/v1/readers", readers, name=_route("readers", "readers"))
+    app.router.add_get("/v1/events", events_sse, name=_route("events", "readers"))
+    app.router.add_get("/v1/ws", events_ws, name=_route("ws", "readers"))
+    return app

@@ -1,0 +1,248 @@
+# SPDX-License-Identifier: Apache-2.0
+"""cardd's configuration: one TOML file with documented defaults.
+
+Search order: ``--config PATH``, ``$CARDD_CONFIG``, ``$XDG_CONFIG_HOME/cardd/cardd.toml``
+(``~/.config/cardd/cardd.toml``), ``/etc/cardd/cardd.toml``. No file means all defaults.
+``cardd.toml.sample`` in the repository documents every key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cardd.errors import ConfigError
+
+DEFAULT_PORT = 7420
+SCOPES = frozenset({"readers", "moica", "rfid:read", "rfid:write"})
+
+
+@dataclass(frozen=True)
+class OriginPolicy:
+    origin: str
+    scopes: frozenset[str]
+    #: HiPKI-style pages may send the PIN in the request body (off by default; bridge issue)
+    allow_page_pin: bool = False
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    origins: tuple[OriginPolicy, ...] = ()
+    #: file holding the bearer token for local programs that send no Origin
+    token_file: Path | None = None
+
+    def origin_policy(self, origin: str) -> OriginPolicy | None:
+        for policy in self.origins:
+            if policy.origin == origin:
+                return policy
+        return None
+
+    @property
+    def allowed_hosts(self) -> frozenset[str]:
+        p = self.port
+        return frozenset({f"127.0.0.1:{p}", f"localhost:{p}", f"[::1]:{p}"})
+
+
+@dataclass(frozen=True)
+class ReadersConfig:
+    #: seconds an operation on one card may take before it fails with `timeout`
+    operation_timeout: float = 30.0
+    #: reader names (exact) cardd leaves alone
+    ignore: tuple[str, ...] = ()
+    #: reader name -> "contact" | "contactless", where the name does not tell
+    kinds: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    vpcd_host: str = "127.0.0.1"
+    vpcd_port: int = 35963
+    slots: int = 2
+    control_socket: Path | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    #: log APDUs at the TRAFFIC level (secrets redacted); for support sessions only
+    traffic: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    api: ApiConfig = ApiConfig()
+    readers: ReadersConfig = ReadersConfig()
+    sim: SimConfig = SimConfig()
+    log: LogConfig = LogConfig()
+    state_dir: Path = field(default_factory=lambda: default_state_dir())
+    source: Path | None = None
+
+
+def default_state_dir() -> Path:
+    if env := os.environ.get("CARDD_STATE_DIR"):
+        return Path(env)
+    if env := os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=
+        return Path(env.split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/cardd")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "cardd"
+
+
+def candidate_paths() -> list[Path]:
+    paths = []
+    if env := os.environ.get("CARDD_CONFIG"):
+        paths.append(Path(env))
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    paths.append(Path(xdg) / "cardd" / "cardd.toml")
+    paths.append(Path("/etc/cardd/cardd.toml"))
+    return paths
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"configuration file {path} does not exist")
+        return path
+    for path in candidate_paths():
+        if path.is_file():
+            return path
+    return None
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    path = find_config(explicit)
+    if path is None:
+        return Config()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    return parse_config(raw, source=path)
+
+
+def _section(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table")
+    return value
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def validate_origin(origin: str) -> str:
+    """An allowlisted origin is exactly scheme://host[:port]; no paths, wildcards or `null`."""
+    parts = urlsplit(origin)
+    if (
+        parts.scheme not in ("https", "http")
+        or not parts.hostname
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or "*" in origin
+        or origin != origin.strip()
+    ):
+        raise ConfigError(f"origin {origin!r} must be exactly scheme://host[:port]")
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "[::1]", "::1"):
+        raise ConfigError(f"origin {origin!r}: plain http is only allowed for loopback pages")
+    return origin
+
+
+def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
+    where = str(source or "config")
+    _check_keys(raw, {"api", "readers", "sim", "log", "state_dir"}, where)
+
+    api = _section(raw, "api", where)
+    _check_keys(api, {"host", "port", "origins", "token_file"}, f"{where} [api]")
+    host = _typed(api, "host", str, "api", "127.0.0.1")
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ConfigError(f"{where}: api.host {host!r} is not a loopback address; cardd binds loopback only")
+    except ValueError:
+        raise ConfigError(f"{where}: api.host must be a loopback IP address, got {host!r}") from None
+    port = _typed(api, "port", int, "api", DEFAULT_PORT)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where}: api.port {port} out of range")
+    origins = []
+    for origin, spec in _section(api, "origins", f"{where} [api]").items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: [api.origins.\"{origin}\"] must be a table")
+        _check_keys(spec, {"scopes", "allow_page_pin"}, f"{where} [api.origins.\"{origin}\"]")
+        scopes = _typed(spec, "scopes", list, f"api.origins.{origin}", [])
+        bad = sorted(set(map(str, scopes)) - SCOPES)
+        if bad:
+            raise ConfigError(f"{where}: origin {origin}: unknown scope(s) {', '.join(bad)}")
+        origins.append(
+            OriginPolicy(
+                validate_origin(origin),
+                frozenset(scopes),
+                bool(_typed(spec, "allow_page_pin", bool, f"api.origins.{origin}", False)),
+            )
+        )
+    token_file = api.get("token_file")
+
+    rd = _section(raw, "readers", where)
+    _check_keys(rd, {"operation_timeout", "ignore", "kinds"}, f"{where} [readers]")
+    timeout = float(_typed(rd, "operation_timeout", (int, float), "readers", 30.0))
+    if timeout <= 0:
+        raise ConfigError(f"{where}: readers.operation_timeout must be positive")
+    kinds = _typed(rd, "kinds", dict, "readers", {})
+    for name, kind in kinds.items():
+        if kind not in ("contact", "contactless"):
+            raise ConfigError(f"{where}: readers.kinds.{name!r} must be contact or contactless")
+
+    sim = _section(raw, "sim", where)
+    _check_keys(sim, {"vpcd_host", "vpcd_port", "slots", "control_socket"}, f"{where} [sim]")
+    log = _section(raw, "log", where)
+    _check_keys(log, {"level", "traffic"}, f"{where} [log]")
+    level = _typed(log, "level", str, "log", "info")
+    if level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{where}: log.level must be debug, info, warning or error")
+
+    state_dir = raw.get("state_dir")
+    return Config(
+        api=ApiConfig(
+            host=host, port=port, origins=tuple(origins),
+            token_file=Path(token_file) if token_file else None,
+        ),
+        readers=ReadersConfig(
+            operation_timeout=timeout,
+            ignore=tuple(_typed(rd, "ignore", list, "readers", [])),
+            kinds=dict(kinds),
+        ),
+        sim=SimConfig(
+            vpcd_host=_typed(sim, "vpcd_host", str, "sim", "127.0.0.1"),
+            vpcd_port=_typed(sim, "vpcd_port", int, "sim", 35963),
+            slots=_typed(sim, "slots", int, "sim", 2),
+            control_socket=Path(sim["control_socket"]) if sim.get("control_socket") else None,
+        ),
+        log=LogConfig(level=level.lower(), traffic=_typed(log, "traffic", bool, "log", False)),
+        state_dir=Path(state_dir) if state_dir else default_state_dir(),
+        source=source,
+    )
