@@ -16,7 +16,7 @@ import sys
 TRAFFIC = 5
 logging.addLevelName(TRAFFIC, "TRAFFIC")
 
-_ID_RE = re.compile(r"\b([A-Z])([A-D89][0-9]{8})(\d{2})?\b")
+_ID_RE = re.compile(r"\b([A-Z])([12A-D89][0-9]{8})(\d{2})?\b")
 
 
 def mask_id(text: str) -> str:

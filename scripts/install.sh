@@ -16,8 +16,6 @@ APT_PACKAGES=(
   softhsm2 opensc
   # build tools and Python
   python3 python3-venv python3-dev gcc pkg-config
-  # shared ledger tests, browser tests and fonts for Traditional Chinese screenshots
-  postgresql chromium chromium-driver fonts-noto-cjk
   # process tools the test suite uses (ps, pgrep) and socat for serial pairs
   procps socat
 )

@@ -22,7 +22,7 @@ from cardd.config import ApiConfig
 
 logger = logging.getLogger(__name__)
 
-CALLER_KEY = web.AppKey("caller", object)
+CALLER_KEY = "cardd.caller"  # request key for the Caller; handlers read request[CALLER_KEY]
 #: scope a route needs; routes without one are open to any allowed caller
 ROUTE_SCOPE: dict[str, str] = {}
 

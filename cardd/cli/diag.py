@@ -50,7 +50,7 @@ def _versions(_ctx: dict[str, Any]) -> Section:
     s = Section("versions", INFO)
     from importlib.metadata import PackageNotFoundError, version
 
-    mods = {}
+    mods: dict[str, str | None] = {}
     for dist in ("pyscard", "aiohttp", "cryptography", "nfcpy", "pyserial"):
         try:
             mods[dist] = version(dist)

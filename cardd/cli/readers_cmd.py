@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from cardd.config import Config
 from cardd.errors import ApduError, InvalidInput, NoReader, UsageError
@@ -22,7 +23,7 @@ def _snapshot() -> list[ReaderStatus]:
     return PcscBackend().snapshot()
 
 
-def _reader_rows(config: Config) -> list[dict[str, object]]:
+def _reader_rows(config: Config) -> list[dict[str, Any]]:
     from cardd.readers.manager import reader_kind
 
     rows = []
