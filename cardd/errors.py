@@ -76,6 +76,13 @@ class CardNotSupported(CardError):
     code = "card_not_supported"
 
 
+class CardDataInvalid(CardError):
+    """The card answered, but what it returned is not what such a card holds."""
+
+    code = "card_data_invalid"
+    hint = "the card's data is damaged or it is not the kind of card expected; try another card"
+
+
 class CardMute(CardError):
     code = "card_mute"
     hint = "the card does not answer; reinsert it or try another card"

@@ -288,7 +288,7 @@ def run_diag(config_path: str | None, *, as_json: bool) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)
     colour = {OK: "green", WARN: "yellow", FAIL: "red", INFO: "blue"}
     for name, sec in sections.items():
         console.print(

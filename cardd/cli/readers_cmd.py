@@ -54,7 +54,8 @@ def cmd_readers(config: Config, *, as_json: bool) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Piped output (support tickets, scripts) must not lose reader names to an 80-column guess.
+    console = Console(width=None if sys.stdout.isatty() else 200)
     if not rows:
         console.print("No readers. Plug one in, or run `cardd diag` to see why none is found.")
         return 0

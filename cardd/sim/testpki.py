@@ -1,0 +1,437 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A small test PKI shaped like MOICA's (moica.md §5, §6): GRCA-like root → MOICA-like CA → citizen.
+
+Everything here is **test material**. The names say TEST so nobody mistakes a fixture for a real
+government certificate, and private keys are returned in the clear so tests can provision SoftHSM2.
+
+Shape:
+
+* root: self-signed, ``C=TW, O=行政院, CN=Test Government Root Certification Authority - TEST ONLY``;
+  CA:TRUE without a path length, keyCertSign + cRLSign, SKI.
+* MOICA-like intermediate: ``C=TW, O=行政院, OU=內政部憑證管理中心 (測試)`` and no CN, like the real
+  one; CA:TRUE pathlen 0, keyCertSign + cRLSign, policy ``2.16.886.101.0.3.3``, SKI/AKI, a CRL DP
+  pointing at the root's CRL.
+* citizen: a signing and an encryption certificate sharing the subject
+  ``C=TW, CN=<name>, serialNumber=<16 digits>``, with subjectDirectoryAttributes carrying
+  ``2.16.886.1.100.2.51`` = the last 4 ID characters, keyUsage (critical) digitalSignature or
+  keyEncipherment + dataEncipherment, policy ``2.16.886.101.0.3.3``, SKI/AKI, a CRL DP and an AIA
+  (OCSP + caIssuers) at configurable URLs, RSA-2048 keys, sha256WithRSAEncryption.
+
+SubjectDirectoryAttributes encoding (RFC 5280 §4.2.1.8), built by hand because ``cryptography``
+has no class for it and is given the bytes as an :class:`~cryptography.x509.UnrecognizedExtension`::
+
+    SEQUENCE {                      -- SubjectDirectoryAttributes ::= SEQUENCE SIZE (1..MAX) OF Attribute
+      SEQUENCE {                    -- Attribute
+        OBJECT IDENTIFIER 2.16.886.1.100.2.51
+        SET { PrintableString "6789" } } }
+
+PrintableString because the value is 4 characters of a national ID (a letter and digits); which
+string type real cards use is not documented, so readers should accept any string type.
+
+Names are deterministic; keys and serial numbers are random, so regenerated fixtures differ byte
+for byte. CRLs and an OCSP responder belong in later work: :class:`PkiEndpoints` and the returned
+keys are what they will need.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID, ObjectIdentifier
+
+#: GPKI certificate policy, level 3 (moica.md §5, §6.1).
+OID_GPKI_LEVEL3 = ObjectIdentifier("2.16.886.101.0.3.3")
+#: subjectDirectoryAttributes extension.
+OID_SUBJECT_DIRECTORY_ATTRIBUTES = ObjectIdentifier("2.5.29.9")
+#: The SDA attribute holding the last 4 characters of the national ID (HiPKI: "subjectID").
+OID_SUBJECT_ID_LAST4 = ObjectIdentifier("2.16.886.1.100.2.51")
+
+ROOT_CN = "Test Government Root Certification Authority - TEST ONLY"
+ORG_EXECUTIVE_YUAN = "行政院"
+MOICA_TEST_OU = "內政部憑證管理中心 (測試)"
+
+DEFAULT_BASE_URL = "http://127.0.0.1:7431"
+DEFAULT_NOT_BEFORE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+# Far enough ahead that committed fixtures stay valid for the project's lifetime.
+DEFAULT_NOT_AFTER = dt.datetime(2044, 1, 1, tzinfo=dt.UTC)
+DEFAULT_KEY_SIZE = 2048
+# Real root keys are RSA-4096; 2048 keeps test runs fast and changes nothing a reader checks.
+DEFAULT_ROOT_KEY_SIZE = 2048
+
+_SERIAL_NUMBER_RE = re.compile(r"[0-9]{16}")
+_ID_LAST4_RE = re.compile(r"[A-Z0-9]{4}")
+
+
+@dataclass(frozen=True)
+class Validity:
+    not_before: dt.datetime = DEFAULT_NOT_BEFORE
+    not_after: dt.datetime = DEFAULT_NOT_AFTER
+
+    def __post_init__(self) -> None:
+        if self.not_before.tzinfo is None or self.not_after.tzinfo is None:
+            raise ValueError("validity times must be timezone-aware")
+        if self.not_after <= self.not_before:
+            raise ValueError("not_after must be after not_before")
+
+
+@dataclass(frozen=True)
+class PkiEndpoints:
+    """Where the test PKI says its CRLs and OCSP responder are (served by later test code)."""
+
+    root_crl: str
+    moica_crl: str
+    ocsp: str
+    moica_ca_issuers: str
+
+    @classmethod
+    def at(cls, base_url: str = DEFAULT_BASE_URL) -> PkiEndpoints:
+        base = base_url.rstrip("/")
+        return cls(
+            root_crl=f"{base}/crl/test-grca.crl",
+            moica_crl=f"{base}/crl/test-moica.crl",
+            ocsp=f"{base}/ocsp",
+            moica_ca_issuers=f"{base}/certs/test-moica.cer",
+        )
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate and its private key."""
+
+    certificate: x509.Certificate
+    private_key: rsa.RSAPrivateKey
+
+    def der(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.DER)
+
+    def pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def key_pkcs8_der(self) -> bytes:
+        """The private key as unencrypted PKCS#8 DER (what ``softhsm2-util --import`` takes)."""
+        return self.private_key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def key_pkcs8_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+@dataclass(frozen=True)
+class CitizenIdentity:
+    """One citizen's signing and encryption certificates (one subject, two keys)."""
+
+    name: str
+    serial_number: str
+    id_last4: str
+    signing: IssuedCertificate
+    encryption: IssuedCertificate
+
+
+@dataclass(frozen=True)
+class TestPki:
+    """A root and a MOICA-like CA, able to issue citizens."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    root: IssuedCertificate
+    moica: IssuedCertificate
+    endpoints: PkiEndpoints
+    validity: Validity
+
+    def issue_citizen(
+        self,
+        name: str,
+        serial_number: str,
+        id_last4: str,
+        *,
+        validity: Validity | None = None,
+        key_size: int = DEFAULT_KEY_SIZE,
+    ) -> CitizenIdentity:
+        return make_citizen(
+            self.moica,
+            name=name,
+            serial_number=serial_number,
+            id_last4=id_last4,
+            endpoints=self.endpoints,
+            validity=validity or self.validity,
+            key_size=key_size,
+        )
+
+
+def make_test_pki(
+    *,
+    endpoints: PkiEndpoints | None = None,
+    validity: Validity | None = None,
+    root_key_size: int = DEFAULT_ROOT_KEY_SIZE,
+    ca_key_size: int = DEFAULT_KEY_SIZE,
+) -> TestPki:
+    """A fresh root and MOICA-like CA."""
+    endpoints = endpoints or PkiEndpoints.at()
+    validity = validity or Validity()
+    root = make_root(validity=validity, key_size=root_key_size)
+    moica = make_moica_ca(root, endpoints=endpoints, validity=validity, key_size=ca_key_size)
+    return TestPki(root=root, moica=moica, endpoints=endpoints, validity=validity)
+
+
+def make_root(
+    *, validity: Validity | None = None, key_size: int = DEFAULT_ROOT_KEY_SIZE
+) -> IssuedCertificate:
+    """A self-signed GRCA-like root."""
+    validity = validity or Validity()
+    key = new_rsa_key(key_size)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "TW"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG_EXECUTIVE_YUAN),
+            x509.NameAttribute(NameOID.COMMON_NAME, ROOT_CN),
+        ]
+    )
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    builder = (
+        _builder(name, name, key, validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(ski, critical=False)
+    )
+    return IssuedCertificate(builder.sign(key, hashes.SHA256()), key)
+
+
+def make_moica_ca(
+    root: IssuedCertificate,
+    *,
+    endpoints: PkiEndpoints | None = None,
+    validity: Validity | None = None,
+    key_size: int = DEFAULT_KEY_SIZE,
+) -> IssuedCertificate:
+    """A MOICA-like intermediate under ``root``. Like the real one, its subject has no CN."""
+    endpoints = endpoints or PkiEndpoints.at()
+    validity = validity or Validity()
+    key = new_rsa_key(key_size)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "TW"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG_EXECUTIVE_YUAN),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, MOICA_TEST_OU),
+        ]
+    )
+    builder = (
+        _builder(name, root.certificate.subject, key, validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(_policies(), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(_aki(root), critical=False)
+        .add_extension(_crl_dp(endpoints.root_crl), critical=False)
+    )
+    return IssuedCertificate(builder.sign(root.private_key, hashes.SHA256()), key)
+
+
+def make_citizen(
+    ca: IssuedCertificate,
+    *,
+    name: str,
+    serial_number: str,
+    id_last4: str,
+    endpoints: PkiEndpoints | None = None,
+    validity: Validity | None = None,
+    key_size: int = DEFAULT_KEY_SIZE,
+) -> CitizenIdentity:
+    """A citizen's signing and encryption certificates, issued by ``ca``.
+
+    :param name: the holder's name as on the card, e.g. ``王小明``.
+    :param serial_number: the subject serialNumber, 16 digits (an opaque number, not the ID).
+    :param id_last4: the last 4 characters of the national ID, for the SDA attribute.
+    """
+    if not name:
+        raise ValueError("name must not be empty")
+    if not _SERIAL_NUMBER_RE.fullmatch(serial_number):
+        raise ValueError("serial_number must be 16 digits")
+    if not _ID_LAST4_RE.fullmatch(id_last4):
+        raise ValueError("id_last4 must be 4 upper-case letters or digits")
+    endpoints = endpoints or PkiEndpoints.at()
+    validity = validity or Validity()
+    subject = citizen_subject(name, serial_number)
+    signing_usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    encryption_usage = x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=True,
+        data_encipherment=True,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    return CitizenIdentity(
+        name=name,
+        serial_number=serial_number,
+        id_last4=id_last4,
+        signing=_end_entity(ca, subject, signing_usage, id_last4, endpoints, validity, key_size),
+        encryption=_end_entity(
+            ca, subject, encryption_usage, id_last4, endpoints, validity, key_size
+        ),
+    )
+
+
+def citizen_subject(name: str, serial_number: str) -> x509.Name:
+    """Exactly ``C=TW, CN=<name>, serialNumber=<16 digits>`` (moica.md §5), in that order."""
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "TW"),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+            x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number),
+        ]
+    )
+
+
+def subject_directory_attributes(id_last4: str) -> bytes:
+    """DER of a SubjectDirectoryAttributes holding ``2.16.886.1.100.2.51`` = ``id_last4``."""
+    if not id_last4.isascii() or not id_last4.isalnum():
+        raise ValueError("id_last4 must be ASCII letters and digits")
+    value = _tlv(0x13, id_last4.encode("ascii"))  # PrintableString
+    attribute = _tlv(0x30, _oid_der(OID_SUBJECT_ID_LAST4) + _tlv(0x31, value))
+    return _tlv(0x30, attribute)
+
+
+def new_rsa_key(key_size: int = DEFAULT_KEY_SIZE) -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+
+
+def random_serial() -> int:
+    """A positive certificate serial of 64 to 127 bits (moica.md §5: real ones are 64–128)."""
+    return secrets.randbits(127) | (1 << 63)
+
+
+# -- internals ------------------------------------------------------------------------------
+
+
+def _end_entity(
+    ca: IssuedCertificate,
+    subject: x509.Name,
+    usage: x509.KeyUsage,
+    id_last4: str,
+    endpoints: PkiEndpoints,
+    validity: Validity,
+    key_size: int,
+) -> IssuedCertificate:
+    key = new_rsa_key(key_size)
+    aia = x509.AuthorityInformationAccess(
+        [
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(endpoints.ocsp)
+            ),
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS,
+                x509.UniformResourceIdentifier(endpoints.moica_ca_issuers),
+            ),
+        ]
+    )
+    sda = x509.UnrecognizedExtension(
+        OID_SUBJECT_DIRECTORY_ATTRIBUTES, subject_directory_attributes(id_last4)
+    )
+    builder = (
+        _builder(subject, ca.certificate.subject, key, validity)
+        .add_extension(usage, critical=True)
+        .add_extension(_policies(), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(_aki(ca), critical=False)
+        .add_extension(_crl_dp(endpoints.moica_crl), critical=False)
+        .add_extension(aia, critical=False)
+        .add_extension(sda, critical=False)
+    )
+    return IssuedCertificate(builder.sign(ca.private_key, hashes.SHA256()), key)
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey, validity: Validity
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(random_serial())
+        .not_valid_before(validity.not_before)
+        .not_valid_after(validity.not_after)
+    )
+
+
+def _ca_key_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _policies() -> x509.CertificatePolicies:
+    return x509.CertificatePolicies([x509.PolicyInformation(OID_GPKI_LEVEL3, None)])
+
+
+def _aki(issuer: IssuedCertificate) -> x509.AuthorityKeyIdentifier:
+    ski = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _crl_dp(url: str) -> x509.CRLDistributionPoints:
+    return x509.CRLDistributionPoints(
+        [
+            x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(url)],
+                relative_name=None,
+                reasons=None,
+                crl_issuer=None,
+            )
+        ]
+    )
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    n = len(value)
+    if n < 0x80:
+        return bytes((tag, n)) + value
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(raw))) + raw + value
+
+
+def _oid_der(oid: ObjectIdentifier) -> bytes:
+    arcs = [int(a) for a in oid.dotted_string.split(".")]
+    body = bytearray()
+    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body.extend(reversed(chunk))
+    return _tlv(0x06, bytes(body))
