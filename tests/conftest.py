@@ -18,7 +18,8 @@ import pytest
 from cardd.sim.pcscd import PrivatePcscd
 
 _PCSC_DIR = Path(tempfile.mkdtemp(prefix="cardd-test-pcscd-"))
-_PCSCD = PrivatePcscd(_PCSC_DIR)
+# A channel of its own: benchmarks use the default 0x9C7B and may run at the same time.
+_PCSCD = PrivatePcscd(_PCSC_DIR, channel_id=0xAC7B)
 os.environ.update(_PCSCD.environ())
 # The tests' own state: never the developer's token file or ledger.
 os.environ.setdefault("CARDD_STATE_DIR", str(_PCSC_DIR / "state"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from cardd.config import Config
 from cardd.errors import ApduError, InvalidInput, NoReader, UsageError
 from cardd.readers.identify import identify
-from cardd.readers.types import ReaderEvent, ReaderStatus
+from cardd.readers.types import ReaderStatus
 
 
 def _snapshot() -> list[ReaderStatus]:
@@ -92,51 +91,54 @@ def resolve_reader(spec: str | None, names: list[str]) -> str:
 # -- watch ---------------------------------------------------------------------------------
 
 
-def _format_event(ev: ReaderEvent) -> str:
-    stamp = time.strftime("%H:%M:%S", time.localtime(ev.time)) + f".{int(ev.time * 1000) % 1000:03d}"
-    parts = [stamp, f"{ev.kind.value:<16}", ev.reader or "-"]
-    if ev.counter is not None:
-        parts.append(f"#{ev.counter}")
-    if ev.atr:
-        ident = identify(ev.atr)
-        parts.append(ident.label)
-        parts.append(ev.atr.hex(" ").upper())
-    if ev.detail:
-        parts.append(ev.detail)
+def _format_event(data: dict[str, Any]) -> str:
+    t = data["time"]
+    stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+    parts = [stamp, f"{data['type']:<18}", data.get("reader") or data.get("backend") or "-"]
+    if data.get("counter") is not None:
+        parts.append(f"#{data['counter']}")
+    if data.get("cardLabel"):
+        parts.append(data["cardLabel"])
+    if data.get("atr"):
+        parts.append(bytes.fromhex(data["atr"]).hex(" ").upper())
+    for key in ("operation", "result", "detail"):
+        if data.get(key):
+            parts.append(str(data[key]))
     return "  ".join(parts)
 
 
 def cmd_watch(config: Config, *, seconds: float | None, as_json: bool) -> int:
-    from cardd.readers.pcsc import PcscWatcher
+    """Subscribe to the same event bus `cardd serve` publishes on, and print what arrives."""
+    import asyncio
 
-    done = threading.Event()
-    lock = threading.Lock()
+    from cardd.daemon import build_backends
+    from cardd.events import EventBus
+    from cardd.readers.manager import ReaderManager
 
-    def sink(ev: ReaderEvent) -> None:
-        if ev.reader in config.readers.ignore:
-            return
-        with lock:
-            if as_json:
-                out = {"time": ev.time, "type": ev.kind.value, "backend": ev.backend, "reader": ev.reader,
-                       "counter": ev.counter, "atr": ev.atr.hex().upper() if ev.atr else None}
-                if ev.atr:
-                    out["cardType"] = identify(ev.atr).card_type.value
-                if ev.detail:
-                    out["detail"] = ev.detail
-                print(json.dumps(out, ensure_ascii=False), flush=True)
-            else:
-                print(_format_event(ev), flush=True)
+    async def watch() -> None:
+        bus = EventBus()
+        manager = ReaderManager(build_backends(), bus, config.readers)
+        with bus.subscribe() as sub:
+            await manager.start()
+            try:
+                async with asyncio.timeout(seconds):
+                    async for event in sub:
+                        data = event.to_dict()
+                        if as_json:
+                            print(json.dumps(data, ensure_ascii=False), flush=True)
+                        else:
+                            print(_format_event(data), flush=True)
+            except TimeoutError:
+                pass
+            finally:
+                await manager.stop()
 
     if not as_json:
         print("Watching readers and cards (Ctrl-C to stop)...", file=sys.stderr, flush=True)
-    watcher = PcscWatcher(sink)
-    watcher.start()
     try:
-        done.wait(seconds)  # None: until Ctrl-C
+        asyncio.run(watch())
     except KeyboardInterrupt:
         pass
-    finally:
-        watcher.stop()
     return 0
 
 

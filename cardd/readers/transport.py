@@ -66,8 +66,8 @@ def transceive(
     raw = bytes(apdu)
     data, sw = connection.send_and_receive(raw)
     if sw >> 8 == 0x6C and len(raw) >= 5:
-        # Wrong Le: the card tells the exact length; resend once with it.
-        raw = raw[:-1] + bytes((sw & 0xFF,)) if len(raw) > 4 else raw
+        # Wrong Le: the card tells the exact length; resend once with it (Le is the last byte).
+        raw = raw[:-1] + bytes((sw & 0xFF,))
         data, sw = connection.send_and_receive(raw)
     chunks = [data]
     rounds = 0

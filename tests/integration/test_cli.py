@@ -73,7 +73,7 @@ def test_watch_prints_events_with_timestamps(vreaders):
         proc.kill()
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in out.splitlines()]
-    mine = [(e["type"], e.get("cardType")) for e in events if e["reader"] == READER0]
+    mine = [(e["type"], e.get("cardType")) for e in events if e.get("reader") == READER0]
     assert mine == [("reader.added", None), ("card.inserted", "mifare_classic_4k"), ("card.removed", None)]
     assert all(isinstance(e["time"], float) for e in events)
 
