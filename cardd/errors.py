@@ -161,3 +161,190 @@ def all_error_classes() -> list[type[CardError]]:
         seen.append(cls)
         todo.extend(cls.__subclasses__())
     return seen
+
+
+# --- card numbers and the student-card record (cardd/rfid/idnumber.py, cardd/rfid/record.py) ---
+
+
+class IdNumberInvalid(InvalidInput):
+    """A national ID / resident certificate number that breaks the format or the check digit."""
+
+    code = "id_invalid"
+    hint = "check the ID number for a typing error; the message says which rule it breaks"
+
+
+class LibraryNumberInvalid(InvalidInput):
+    """A library number (ID number + 2-digit suffix) that is not well formed."""
+
+    code = "library_number_invalid"
+    hint = "a library number is the 10-character ID number followed by a 2-digit suffix"
+
+
+class SuffixExhausted(UsageError):
+    """A reissue was asked for a library number whose suffix is already 99.
+
+    A UsageError (HTTP 400, message shown to the caller) because the request cannot be carried
+    out as given, and the clerk must see why.
+    """
+
+    code = "suffix_exhausted"
+    hint = "suffix 99 cannot be followed and suffixes are never reused; the issuing office must resolve it"
+
+
+class RecordCorrupt(CardDataInvalid):
+    """The sector holds a cardd record that fails its checks (CRC, version, content)."""
+
+    code = "record_corrupt"
+    hint = "the card's library-number record is damaged (often a card pulled during a burn); burn it again"
+
+
+class RecordForeign(CardDataInvalid):
+    """The record sector holds data that cardd did not write."""
+
+    code = "record_foreign"
+    hint = "the record sector holds someone else's data; check the configured sector before writing"
+
+
+# -- MIFARE Classic sessions, sector trailers and key files (cardd.rfid.mifare / access / keys) --
+
+
+class AuthenticationFailed(ApduError):
+    """The card refused GENERAL AUTHENTICATE: wrong key, wrong key type, or a readable key B."""
+
+    code = "auth_failed"
+    hint = "the sector does not answer to this key; check the key file and the configured sector"
+
+
+class AccessDenied(ApduError):
+    """Authenticated, but the sector's access bits do not allow this read or write."""
+
+    code = "access_denied"
+    hint = "the access bits do not allow this with the key used; key A reads, key B writes"
+
+
+class UnsafeTrailer(InvalidInput):
+    """A sector trailer write was refused before sending: it would damage or lock the sector."""
+
+    code = "unsafe_trailer"
+    hint = "fix the access bits or keys named in the message; nothing was written"
+
+
+class KeyFileError(ConfigError):
+    """The MIFARE key file is unsafe or malformed (the message never contains key material)."""
+
+    code = "key_file_invalid"
+    hint = "fix the key file named in the message (chmod 600, owner, 12 hex digits per key)"
+
+
+class WriteVerificationFailed(CardDataInvalid):
+    """A block (or trailer) was written, but reading it back did not give what was written."""
+
+    code = "write_verify_failed"
+    hint = "keep the card still on the reader and write again; if it repeats, the card is faulty"
+
+
+# --- the issuance ledger (cardd/rfid/ledger.py, cardd/rfid/ledger_pg.py) ---
+# Messages mask ID numbers (A12*****89); the full numbers are attributes for the caller's logic.
+
+
+class LedgerUnavailable(BackendUnavailable):
+    """The ledger database cannot be opened or reached (file, permissions, PostgreSQL down)."""
+
+    code = "ledger_unavailable"
+    hint = "check the configured ledger path or URL, the database server, and `cardd diag`"
+
+
+class LedgerSchemaTooNew(LedgerUnavailable):
+    """The ledger was migrated by a newer cardd; this one refuses to write rules it does not know."""
+
+    code = "ledger_schema_too_new"
+    hint = "upgrade cardd on this station to the version the other stations run"
+
+
+class LedgerConflict(CardError):
+    """Another station changed this ID first (or kept it locked); reading again may succeed."""
+
+    code = "ledger_conflict"
+    hint = "another station is working on this ID; wait a moment and try again"
+
+    def __init__(self, message: str | None = None, *, number: str | None = None) -> None:
+        self.number = number
+        super().__init__(message)
+
+
+class BurnPending(LedgerConflict):
+    """A burn of this ID was reserved and not finished; ``number`` and the bound ``uid`` say which."""
+
+    code = "burn_pending"
+    hint = "a burn of this ID was interrupted: resume it with the same card, or void it"
+
+    def __init__(
+        self, message: str | None = None, *, number: str | None = None, uid: str | None = None
+    ) -> None:
+        self.uid = uid
+        super().__init__(message, number=number)
+
+
+class AlreadyIssued(CardError):
+    """The ID already has an active library number (``number``, on card ``uid``)."""
+
+    code = "already_issued"
+    hint = "this ID already has a working card; ask for a reissue to replace it"
+
+    def __init__(
+        self, message: str | None = None, *, number: str | None = None, uid: str | None = None
+    ) -> None:
+        self.number = number
+        self.uid = uid
+        super().__init__(message)
+
+
+class InvalidTransition(CardError):
+    """The number is not in a state that allows this (e.g. committing a void number)."""
+
+    code = "invalid_transition"
+    hint = "look at the number's state and history (`cardd ledger show`) before retrying"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        number: str | None = None,
+        from_state: str | None = None,
+        to_state: str | None = None,
+    ) -> None:
+        self.number = number
+        self.from_state = from_state
+        self.to_state = to_state
+        super().__init__(message)
+
+
+class UidMismatch(CardError):
+    """A pending or active number is bound to another card than the one presented."""
+
+    code = "uid_mismatch"
+    hint = "put the card this number was burned into on the reader, or void the pending burn"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        number: str | None = None,
+        expected: str | None = None,
+        got: str | None = None,
+    ) -> None:
+        self.number = number
+        self.expected = expected
+        self.got = got
+        super().__init__(message)
+
+
+class UnknownNumber(CardError):
+    """The library number is not in the ledger."""
+
+    code = "unknown_number"
+    hint = "check the number; the ledger only knows numbers that were reserved on it"
+
+    def __init__(self, message: str | None = None, *, number: str | None = None) -> None:
+        self.number = number
+        super().__init__(message)

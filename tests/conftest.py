@@ -18,8 +18,26 @@ import pytest
 from cardd.sim.pcscd import PrivatePcscd
 
 _PCSC_DIR = Path(tempfile.mkdtemp(prefix="cardd-test-pcscd-"))
-# A channel of its own: benchmarks use the default 0x9C7B and may run at the same time.
-_PCSCD = PrivatePcscd(_PCSC_DIR, channel_id=0xAC7B)
+
+
+def _free_channel() -> int:
+    """A vpcd channel whose two ports are free, so parallel sessions (and benchmarks) never share one."""
+    import random
+    import socket
+
+    for _ in range(200):
+        channel = random.randrange(0xA000, 0xEFFF)
+        try:
+            for port in (channel, channel + 1):
+                with socket.socket() as s:
+                    s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return channel
+    raise RuntimeError("no free port pair for vpcd")
+
+
+_PCSCD = PrivatePcscd(_PCSC_DIR, channel_id=_free_channel())
 os.environ.update(_PCSCD.environ())
 # The tests' own state: never the developer's token file or ledger.
 os.environ.setdefault("CARDD_STATE_DIR", str(_PCSC_DIR / "state"))
