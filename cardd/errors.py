@@ -303,7 +303,7 @@ class InvalidTransition(CardError):
     """The number is not in a state that allows this (e.g. committing a void number)."""
 
     code = "invalid_transition"
-    hint = "look at the number's state and history (`cardd ledger show`) before retrying"
+    hint = "look at the number's state and history in the ledger before retrying"
 
     def __init__(
         self,

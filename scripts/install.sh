@@ -18,6 +18,8 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc pkg-config
   # process tools the test suite uses (ps, pgrep) and socat for serial pairs
   procps socat
+  # PostgreSQL server: the tests start a private cluster for the shared-ledger backend
+  postgresql
 )
 
 missing=()
