@@ -348,3 +348,20 @@ class UnknownNumber(CardError):
     def __init__(self, message: str | None = None, *, number: str | None = None) -> None:
         self.number = number
         super().__init__(message)
+
+
+# --- burning (cardd.rfid.burn) -------------------------------------------------------------
+
+
+class CardInUse(CardError):
+    """The card carries another person's live library number (or data cardd did not write)."""
+
+    code = "card_in_use"
+    hint = "this card belongs to someone else; use another card, or confirm the overwrite"
+
+
+class CardNotPersonalized(CardError):
+    """The record sector does not answer to the configured keys (a blank or foreign card)."""
+
+    code = "card_not_personalized"
+    hint = "personalize the card first (`cardd card personalize`), or check the key file"
