@@ -69,6 +69,18 @@ class SimConfig:
 
 
 @dataclass(frozen=True)
+class RfidConfig:
+    #: the MIFARE key file for the student-card record sector (0600; see cardd.rfid.keys)
+    key_file: Path | None = None
+    #: the ledger: a SQLite path or a postgresql:// URL; None = <state_dir>/ledger.sqlite3
+    ledger: str | None = None
+    #: this station's name in the ledger's audit log; None = the host name
+    station: str | None = None
+    #: roster column that records the family's consent (batches burn only rows that say yes)
+    consent_column: str = "同意"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     #: log APDUs at the TRAFFIC level (secrets redacted); for support sessions only
@@ -80,6 +92,7 @@ class Config:
     api: ApiConfig = ApiConfig()
     readers: ReadersConfig = ReadersConfig()
     sim: SimConfig = SimConfig()
+    rfid: RfidConfig = RfidConfig()
     log: LogConfig = LogConfig()
     state_dir: Path = field(default_factory=lambda: default_state_dir())
     source: Path | None = None
@@ -176,7 +189,7 @@ def validate_origin(origin: str) -> str:
 
 def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
     where = str(source or "config")
-    _check_keys(raw, {"api", "readers", "sim", "log", "state_dir"}, where)
+    _check_keys(raw, {"api", "readers", "sim", "rfid", "log", "state_dir"}, where)
 
     api = _section(raw, "api", where)
     _check_keys(api, {"host", "port", "origins", "token_file"}, f"{where} [api]")
@@ -219,6 +232,8 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
 
     sim = _section(raw, "sim", where)
     _check_keys(sim, {"vpcd_host", "vpcd_port", "slots", "control_socket"}, f"{where} [sim]")
+    rfid = _section(raw, "rfid", where)
+    _check_keys(rfid, {"key_file", "ledger", "station", "consent_column"}, f"{where} [rfid]")
     log = _section(raw, "log", where)
     _check_keys(log, {"level", "traffic"}, f"{where} [log]")
     level = _typed(log, "level", str, "log", "info")
@@ -241,6 +256,12 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
             vpcd_port=_typed(sim, "vpcd_port", int, "sim", 35963),
             slots=_typed(sim, "slots", int, "sim", 2),
             control_socket=Path(sim["control_socket"]) if sim.get("control_socket") else None,
+        ),
+        rfid=RfidConfig(
+            key_file=Path(_typed(rfid, "key_file", str, "rfid", "")) if rfid.get("key_file") else None,
+            ledger=_typed(rfid, "ledger", str, "rfid", None),
+            station=_typed(rfid, "station", str, "rfid", None),
+            consent_column=_typed(rfid, "consent_column", str, "rfid", "同意"),
         ),
         log=LogConfig(level=level.lower(), traffic=_typed(log, "traffic", bool, "log", False)),
         state_dir=Path(state_dir) if state_dir else default_state_dir(),

@@ -30,11 +30,15 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     from cardd.api.app import create_app
+    from cardd.rfid.station import RfidStation
+    from cardd.rfid.taps import publish_taps
 
     bus = EventBus()
     manager = ReaderManager(build_backends(), bus, config.readers)
+    station = RfidStation(config)
     await manager.start()
-    app = create_app(config, manager, bus)
+    taps = asyncio.create_task(publish_taps(manager, bus))
+    app = create_app(config, manager, bus, station)
     # No access log: request lines can carry nothing secret today, but they add up on kiosks
     # that run for months; failures are logged where they are handled.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
@@ -43,6 +47,7 @@ async def serve(
     try:
         await site.start()
     except OSError as e:
+        taps.cancel()
         await manager.stop()
         await runner.cleanup()
         from cardd.errors import ConfigError
@@ -66,5 +71,7 @@ async def serve(
         await stop.wait()
     finally:
         logger.info("cardd stopping")
+        taps.cancel()
         await runner.cleanup()
         await manager.stop()
+        station.close()

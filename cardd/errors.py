@@ -112,6 +112,12 @@ class InvalidInput(CardError):
     code = "invalid_input"
 
 
+class UnsupportedMediaType(InvalidInput):
+    """State-changing calls take JSON only: that forces a CORS preflight from browsers."""
+
+    code = "unsupported_media_type"
+
+
 class UsageError(CardError):
     """A command line or request that cannot be carried out as given."""
 

@@ -12,11 +12,14 @@ from aiohttp import WSMsgType, web
 
 from cardd import __version__
 from cardd.api.errors import from_card_error, json_error
+from cardd.api.rfid import STATION_KEY
+from cardd.api.rfid import add_routes as add_rfid_routes
 from cardd.api.security import ROUTE_SCOPE, ensure_token, security_middleware
 from cardd.config import Config
 from cardd.errors import CardError
 from cardd.events import EventBus
 from cardd.readers.manager import ReaderManager
+from cardd.rfid.station import RfidStation
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +134,9 @@ def _copy_security_headers(request: web.Request, resp: web.StreamResponse) -> No
         resp.headers["Vary"] = "Origin"
 
 
-def create_app(config: Config, manager: ReaderManager, bus: EventBus) -> web.Application:
+def create_app(
+    config: Config, manager: ReaderManager, bus: EventBus, station: RfidStation | None = None
+) -> web.Application:
     token_file = config.api.token_file or (config.state_dir / "token")
     token = ensure_token(token_file)
     app = web.Application(
@@ -144,4 +149,6 @@ def create_app(config: Config, manager: ReaderManager, bus: EventBus) -> web.App
     app.router.add_get("/v1/readers", readers, name=_route("readers", "readers"))
     app.router.add_get("/v1/events", events_sse, name=_route("events", "readers"))
     app.router.add_get("/v1/ws", events_ws, name=_route("ws", "readers"))
+    app[STATION_KEY] = station or RfidStation(config)
+    add_rfid_routes(app, _route)
     return app

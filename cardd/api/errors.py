@@ -16,7 +16,17 @@ from cardd import errors as E
 logger = logging.getLogger(__name__)
 
 _STATUS: dict[type[E.CardError], int] = {
+    E.UnsupportedMediaType: 415,
     E.InvalidInput: 400,
+    E.CardInUse: 409,
+    E.AlreadyIssued: 409,
+    E.LedgerConflict: 409,
+    E.CardNotPersonalized: 422,
+    E.RecordCorrupt: 422,
+    E.RecordForeign: 422,
+    E.UnknownNumber: 404,
+    E.InvalidTransition: 409,
+    E.LedgerUnavailable: 503,
     E.UsageError: 400,
     E.NoReader: 404,
     E.NoCard: 404,
@@ -49,6 +59,20 @@ _PUBLIC_MESSAGE: dict[str, str] = {
     "pcsc_unavailable": "The smart card service (pcscd) is not running.",
     "backend_unavailable": "The reader service is not available.",
     "invalid_input": "The request is not valid.",
+    "card_in_use": "This card carries another person's library number.",
+    "already_issued": "This ID already has a working card; ask for a reissue to replace it.",
+    "ledger_conflict": "Another station changed this card number at the same moment; try again.",
+    "burn_pending": "An earlier burn for this ID was interrupted; put that card back on the reader.",
+    "card_not_personalized": "This card is not prepared for library numbers.",
+    "record_corrupt": "The card's library number is damaged; burn it again.",
+    "record_foreign": "The card holds data from another system.",
+    "unknown_number": "This library number is not in the ledger.",
+    "invalid_transition": "This card number cannot be changed that way.",
+    "ledger_unavailable": "The issuance ledger is not reachable.",
+    "suffix_exhausted": "This ID has used all 100 card numbers; the issuing office must resolve it.",
+    "auth_failed": "The card refused the keys.",
+    "access_denied": "The card refused the operation.",
+    "write_verify_failed": "The card did not keep what was written; try again.",
     "usage_error": "The request is not valid.",
 }
 
@@ -72,6 +96,9 @@ def from_card_error(error: E.CardError) -> web.Response:
     status = status_for(error)
     logger.info("request failed: %s: %s", error.code, error.message)
     message = _PUBLIC_MESSAGE.get(error.code, "The operation failed.")
-    if isinstance(error, (E.InvalidInput, E.UsageError)):
+    if isinstance(error, (E.InvalidInput, E.UsageError)) and error.code in (
+        "invalid_input", "usage_error", "unsupported_media_type", "id_invalid",
+        "library_number_invalid",
+    ):
         message = error.message  # input errors describe the caller's own input
     return json_error(status, error.code, message)

@@ -280,11 +280,14 @@ class ReaderManager:
         name: str = "operation",
         timeout: float | None = None,
         wait_if_busy: bool = False,
+        background: bool = False,
     ) -> T:
         """Run ``operation(connection, cancel_event)`` on the reader's worker thread.
 
         Raises :class:`ReaderBusy` when another operation holds the reader (unless
-        ``wait_if_busy``), :class:`OperationTimeout` after ``timeout`` seconds.
+        ``wait_if_busy``), :class:`OperationTimeout` after ``timeout`` seconds. A ``background``
+        operation (reading the UID of a tap) does not mark the reader busy: operations that
+        arrive meanwhile queue behind it on the worker instead of being refused.
         """
         worker = self._workers.get(reader)
         if worker is None:
@@ -310,15 +313,18 @@ class ReaderManager:
                     pass
 
         def _done(_fut: object) -> None:
-            loop.call_soon_threadsafe(self._release, reader, worker)
+            if not background:
+                loop.call_soon_threadsafe(self._release, reader, worker)
 
-        worker.busy_with = name
-        self._bus.publish("operation.started", {"reader": reader, "operation": name})
+        if not background:
+            worker.busy_with = name
+            self._bus.publish("operation.started", {"reader": reader, "operation": name})
         result = "error"
         try:
             fut = worker.executor.submit(_job)
         except RuntimeError:
-            worker.busy_with = None
+            if not background:
+                worker.busy_with = None
             raise ReaderUnavailable(f"{reader!r} went away") from None
         fut.add_done_callback(_done)
         try:
@@ -337,13 +343,17 @@ class ReaderManager:
             result = e.code
             raise
         finally:
-            self._bus.publish(
-                "operation.finished",
-                {
-                    "reader": reader, "operation": name, "result": result,
-                    "ms": round((time.monotonic() - started) * 1000, 3),
-                },
-            )
+            if not background:
+                self._publish_finished(reader, name, result, started)
+
+    def _publish_finished(self, reader: str, name: str, result: str, started: float) -> None:
+        self._bus.publish(
+            "operation.finished",
+            {
+                "reader": reader, "operation": name, "result": result,
+                "ms": round((time.monotonic() - started) * 1000, 3),
+            },
+        )
 
     def _release(self, reader: str, worker: _Worker) -> None:
         worker.busy_with = None

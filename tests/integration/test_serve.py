@@ -35,7 +35,11 @@ class Daemon:
         self.url = f"http://127.0.0.1:{port}"
         self.state = tmp / "state"
         self.config = tmp / "cardd.toml"
+        keys = tmp / "keys.toml"
+        keys.write_text('[student_card]\nsector = 14\nkey_a = "A0A1A2A3A4A5"\nkey_b = "B0B1B2B3B4B5"\n')
+        keys.chmod(0o600)
         self.config.write_text(
+            f'[rfid]\nkey_file = "{keys}"\nstation = "test-desk"\n'
             f'[api]\nport = {port}\n'
             f'[api.origins."{ALLOWED}"]\nscopes = ["readers", "moica", "rfid:read"]\n'
             f'[api.origins."{READONLY}"]\nscopes = ["rfid:read"]\n'
@@ -243,3 +247,65 @@ async def test_pcscd_restart_while_serving(daemon, pcscd, vreaders):
             assert data["cardType"] == "mifare_classic_1k"
     status, _, health = await get(daemon, "/v1/health", daemon.auth)
     assert health["backends"]["pcsc"] == "up"
+
+
+async def post(d: Daemon, path: str, body, headers: dict[str, str]) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(d.url + path, json=body, headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "forms"),
+    [
+        ("easycard_4b.json", {"hex": "93A131C0", "hexReversed": "C031A193", "decLE": "3224478099",
+                              "decBE": "2476814784", "length": 4}),
+        ("small_uid.json", {"hex": "01020300", "decLE": "0000197121", "length": 4}),
+        ("easycard_7b.json", {"hex": "04A1B2C3D4E5F6", "decLE": "69495546249912580", "length": 7}),
+    ],
+)
+async def test_wait_tap_returns_every_uid_form(daemon, vreaders, fixture, forms):
+    task = asyncio.create_task(post(daemon, "/v1/rfid/wait-tap", {"timeoutMs": 10000}, {"Origin": ALLOWED}))
+    await asyncio.sleep(0.3)
+    vreaders[1].insert(fixture_card(fixture))
+    status, body = await task
+    assert status == 200, body
+    assert body["reader"] == "Virtual PCD 00 01"
+    assert forms.items() <= body["uid"].items()
+    assert body["cardType"] == "mifare_classic_1k" and body["atr"].startswith("3B8F8001")
+
+
+async def test_wait_tap_times_out_cleanly(daemon):
+    status, body = await post(daemon, "/v1/rfid/wait-tap", {"timeoutMs": 300}, daemon.auth)
+    assert status == 504 and body["error"]["code"] == "timeout"
+
+
+async def test_state_changing_calls_need_json(daemon):
+    async with aiohttp.ClientSession() as s:
+        async with s.post(daemon.url + "/v1/rfid/wait-tap", data="{}", headers={
+            "Origin": ALLOWED, "Content-Type": "text/plain"}) as r:
+            assert r.status == 415
+            assert (await r.json())["error"]["code"] == "unsupported_media_type"
+
+
+async def test_burn_read_and_report_lost_over_the_api(daemon, vreaders):
+    status, body = await post(daemon, "/v1/student-card/burn", {"idNumber": "A123456789"}, {"Origin": ALLOWED})
+    assert status == 403 and body["error"]["code"] == "scope_denied"  # the page lacks rfid:write
+    vreaders[0].insert(fixture_card("classic_1k_student.json"))
+    wait_card(READER0, present=True)
+    await asyncio.sleep(0.5)  # let the daemon see the card
+    status, body = await post(daemon, "/v1/student-card/burn",
+                              {"idNumber": "A123456789", "reader": READER0}, daemon.auth)
+    assert status == 200, body
+    assert body["libraryNumber"] == "A12*****8900" and body["suffix"] == 0
+    assert body["uid"]["hex"] == "93A131C0"
+    status, body = await post(daemon, "/v1/student-card/read", {"reader": READER0}, {"Origin": ALLOWED})
+    assert status == 200, body
+    assert (body["record"], body["ledgerState"], body["maskedId"]) == ("valid", "active", "A12*****89")
+    assert "A123456789" not in json.dumps(body)
+    status, body = await post(daemon, "/v1/student-card/report-lost",
+                              {"libraryNumber": "A12345678900"}, daemon.auth)
+    assert status == 200 and body["state"] == "lost"
+    status, body = await post(daemon, "/v1/student-card/burn", {"idNumber": "A123456788"}, daemon.auth)
+    assert status == 400 and body["error"]["code"] == "id_invalid"
+    assert "A123456788" not in body["error"]["message"]
