@@ -68,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diag", help="check pcscd, readers, drivers, configuration and permissions")
     p.add_argument("--json", action="store_true", help="machine-readable report")
 
+    from cardd.cli.rfid_cmd import add_parsers as add_rfid
     from cardd.cli.sim_cmd import add_parser as add_sim
 
+    add_rfid(sub)
     add_sim(sub)
     return parser
 
@@ -154,6 +156,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cardd.cli.readers_cmd import cmd_apdu
 
         return cmd_apdu(config, args.apdus, reader=args.reader, chain=not args.no_chain)
+    if args.command in ("rfid", "card", "ledger"):
+        from cardd.cli import rfid_cmd
+
+        handler = {"rfid": rfid_cmd.cmd_uid, "card": rfid_cmd.cmd_card, "ledger": rfid_cmd.cmd_ledger}
+        return handler[args.command](config, args)
     if args.command == "sim":
         from cardd.cli.sim_cmd import run as run_sim
 
