@@ -29,6 +29,15 @@ EXIT_CODES = {
 }
 
 
+def exit_code(error: Exception) -> int:
+    """The exit status of an error: its own code's, else the nearest parent class's."""
+    for cls in type(error).__mro__:
+        code = getattr(cls, "code", None)
+        if code in EXIT_CODES:
+            return EXIT_CODES[code]
+    return 1
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="PATH", help="configuration file (default: search the usual places)")
 
@@ -95,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except CardError as e:
         _print_error(e)
-        return EXIT_CODES.get(e.code, 1)
+        return exit_code(e)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
