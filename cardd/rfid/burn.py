@@ -14,8 +14,9 @@ the source of truth; the card only carries the number. Every step that can be in
   reads it back and commits.
 
 APDU budget (bench/bench_burn.py): GET UID, AUTHENTICATE (LOAD KEYS only the first time on a
-reader), READ block 0 (block 1 too only when block 0 holds a record), three UPDATEs, two READs
-back: 8 on a card without a record once the reader holds the key.
+reader), READ block 0 (block 1 too only when block 0 names a number that is live or the
+person's own), three UPDATEs, two READs back: 8 once the reader holds the key, 9 when the card
+carries a live number (another person's card overwritten on purpose, or a resume).
 """
 
 from __future__ import annotations
@@ -116,10 +117,24 @@ class StudentCards:
             self._readers_with_key.add(reader)
         return block
 
-    def _read_record(self, session: MifareClassicSession, block: int) -> RecordResult:
+    def _read_record(
+        self, session: MifareClassicSession, block: int, *, person: str | None = None
+    ) -> RecordResult | None:
+        """The record; for a burn (``person`` given) None when block 1 need not be read.
+
+        A burn only needs the CRC (block 1) to trust a number that matters: one still live in
+        the ledger, or the person's own. A number that is dead or unknown gets overwritten
+        whatever its CRC says, so the burn saves that APDU (bench/bench_burn.py).
+        """
         b0 = session.read_block(block)
         if not any(b0):
             return decode_record(b0, bytes(16))  # empty: block 1 cannot change that
+        if person is not None and b0[:3] == b"LB\x01":
+            candidate = b0[3:15].decode("ascii", "replace")
+            if not candidate.startswith(person):
+                entry = self.ledger.state(candidate) if candidate.isalnum() else None
+                if entry is None or entry.state not in _LIVE:
+                    return None
         return decode_record(b0, session.read_block(block + 1))
 
     # -- operations ----------------------------------------------------------------------
@@ -129,6 +144,7 @@ class StudentCards:
         uid = session.uid()
         block = self._authenticate(session, reader)
         record = self._read_record(session, block)
+        assert record is not None  # without a person the whole record is always read
         entry = self.ledger.state(str(record.number)) if record.number else None
         return CardRecord(uid, record, entry)
 
@@ -148,7 +164,9 @@ class StudentCards:
         uid = session.uid()
         uid_hex = uid.hex().upper()
         block = self._authenticate(session, reader)
-        record = self._read_record(session, block)
+        record = self._read_record(session, block, person=person) or RecordResult(
+            RecordState.CORRUPT, reason="a number that is no longer live; not checked"
+        )
         on_card = record.number
         entry = self.ledger.state(str(on_card)) if on_card else None
 
