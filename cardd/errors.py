@@ -371,3 +371,88 @@ class CardNotPersonalized(CardError):
 
     code = "card_not_personalized"
     hint = "personalize the card first (`cardd card personalize`), or check the key file"
+
+
+# --- citizen certificate cards (cardd.moica) ---------------------------------------------
+# The token verification codes are a published contract (product.md): never rename them.
+
+
+class TokenError(CardError):
+    """A citizen-certificate token failed verification; ``code`` says which rule."""
+
+    code = "invalid_token"
+
+
+class UnsupportedFormat(TokenError):
+    code = "unsupported_format"
+
+
+class BadNonce(TokenError):
+    code = "bad_nonce"
+
+
+class OriginMismatch(TokenError):
+    code = "origin_mismatch"
+
+
+class SignatureInvalid(TokenError):
+    code = "signature_invalid"
+
+
+class UntrustedChain(TokenError):
+    code = "untrusted_chain"
+
+
+class CertExpired(TokenError):
+    code = "cert_expired"
+
+
+class CertNotYetValid(TokenError):
+    code = "cert_not_yet_valid"
+
+
+class WrongKeyUsage(TokenError):
+    code = "wrong_key_usage"
+
+
+class CertRevoked(TokenError):
+    code = "revoked"
+
+
+class RevocationUnknown(TokenError):
+    code = "revocation_unknown"
+
+
+class IdMismatch(TokenError):
+    code = "id_mismatch"
+
+
+class PinIncorrect(CardError):
+    """Wrong PIN. ``tries_left`` when the token says (None: unknown). Never retried by cardd."""
+
+    code = "pin_incorrect"
+    hint = "type the PIN again carefully; the card locks after 3 wrong PINs"
+
+    def __init__(self, message: str | None = None, *, tries_left: int | None = None) -> None:
+        self.tries_left = tries_left
+        super().__init__(message)
+
+
+class PinBlocked(CardError):
+    code = "pin_blocked"
+    hint = "the card's PIN is locked; the holder must have it unlocked at a household registration office"
+
+
+class UserCancelled(CardError):
+    code = "user_cancelled"
+
+
+class Pkcs11ModuleMissing(CardError):
+    code = "pkcs11_module_missing"
+    hint = "install the card's PKCS#11 module (HiCOS or open-gpki-pkcs11) and set [moica] pkcs11_module"
+
+
+class TrustAnchorInvalid(ConfigError):
+    """A trust-anchor file does not match its pinned fingerprint."""
+
+    code = "trust_anchor_invalid"
