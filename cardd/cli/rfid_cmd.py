@@ -7,19 +7,16 @@ they do not need `cardd serve`.
 
 from __future__ import annotations
 
+# Only light imports at module level: `cardd --help` builds these parsers, and asyncio, the
+# reader manager and the configuration cost ~100 ms to import (bench/RESULTS.md).
 import argparse
-import asyncio
-import csv
-import getpass
-import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from cardd.config import Config
-from cardd.errors import CardError, InvalidInput, NoCard, OperationTimeout
-from cardd.readers.manager import ReaderManager
-from cardd.readers.types import ReaderKind
+if TYPE_CHECKING:
+    from cardd.config import Config
+    from cardd.readers.manager import ReaderManager
 
 T = TypeVar("T")
 
@@ -70,6 +67,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def _operator(name: str | None) -> str:
+    import getpass
+
     if name:
         return name
     try:
@@ -79,8 +78,11 @@ def _operator(name: str | None) -> str:
 
 
 async def _with_manager(config: Config, fn: Callable[[ReaderManager], Awaitable[T]]) -> T:
+    import asyncio
+
     from cardd.daemon import build_backends
     from cardd.events import EventBus
+    from cardd.readers.manager import ReaderManager
 
     manager = ReaderManager(build_backends(), EventBus(), config.readers)
     await manager.start()
@@ -94,6 +96,8 @@ async def _with_manager(config: Config, fn: Callable[[ReaderManager], Awaitable[
 
 
 def _print_json(data: Any) -> None:
+    import json
+
     print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
 
@@ -101,6 +105,10 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_uid(config: Config, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from cardd.errors import NoCard, OperationTimeout
+    from cardd.readers.types import ReaderKind
     from cardd.rfid.taps import read_uid
     from cardd.rfid.uid import is_random_uid, uid_forms
 
@@ -136,6 +144,10 @@ def cmd_uid(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_card(config: Config, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from cardd.errors import InvalidInput
+    from cardd.readers.types import ReaderKind
     from cardd.rfid.idnumber import mask_id
     from cardd.rfid.station import RfidStation
     from cardd.rfid.uid import uid_forms
@@ -221,6 +233,9 @@ def _record_dict(r: Any) -> dict[str, Any]:
 
 
 def cmd_ledger(config: Config, args: argparse.Namespace) -> int:
+    import csv
+    import json
+
     from cardd.rfid.idnumber import mask_id
     from cardd.rfid.station import RfidStation
 
@@ -280,6 +295,10 @@ def _resolve(config: Config, station: Any, args: argparse.Namespace, mask_id: Ca
     card can simply be burned again, with the next suffix). A pending number whose card is not
     here is only voided with --void-missing: the operator says that card is gone.
     """
+    import asyncio
+
+    from cardd.errors import CardError
+
     ledger = station.ledger
     pending = ledger.pending()
     if not pending:
