@@ -37,6 +37,10 @@ async def serve(
     manager = ReaderManager(build_backends(), bus, config.readers)
     station = RfidStation(config)
     await manager.start()
+    # Listen only once the reader layer has had its first look (or 2 s passed with pcscd down:
+    # then cardd serves degraded and recovers when pcscd comes), so the first /v1/readers is
+    # never an empty list of a machine that has readers.
+    await manager.wait_until(lambda: all(v == "up" for v in manager.backend_states().values()), 2.0)
     taps = asyncio.create_task(publish_taps(manager, bus))
     app = create_app(config, manager, bus, station)
     # No access log: request lines can carry nothing secret today, but they add up on kiosks
