@@ -77,10 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diag", help="check pcscd, readers, drivers, configuration and permissions")
     p.add_argument("--json", action="store_true", help="machine-readable report")
 
+    from cardd.cli.batch_cmd import add_parser as add_batch
     from cardd.cli.rfid_cmd import add_parsers as add_rfid
     from cardd.cli.sim_cmd import add_parser as add_sim
 
     add_rfid(sub)
+    add_batch(sub)
     add_sim(sub)
     return parser
 
@@ -170,6 +172,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         handler = {"rfid": rfid_cmd.cmd_uid, "card": rfid_cmd.cmd_card, "ledger": rfid_cmd.cmd_ledger}
         return handler[args.command](config, args)
+    if args.command == "batch":
+        from cardd.cli.batch_cmd import run
+
+        return run(config, args)
     if args.command == "sim":
         from cardd.cli.sim_cmd import run as run_sim
 

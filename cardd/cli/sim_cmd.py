@@ -8,10 +8,12 @@ import json
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cardd.config import Config
 from cardd.errors import BackendUnavailable, UsageError
+
+if TYPE_CHECKING:
+    from cardd.config import Config
 
 
 def add_parser(sub: Any) -> None:
