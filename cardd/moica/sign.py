@@ -1,0 +1,139 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The citizen-certificate authentication token: what the API and CLI call to have a card sign.
+
+The card signs ``SHA256(origin UTF-8) || SHA256(nonce UTF-8)`` (64 bytes) with
+RSASSA-PKCS1-v1_5 / SHA-256, through PKCS#11 ``CKM_SHA256_RSA_PKCS`` (bridge-security.md §1.1), and
+the result is the token of product.md::
+
+    {"format": "cardd-moica:1", "unverifiedCertificate": "<base64 DER>", "algorithm": "RS256",
+     "signature": "<base64>", "appVersion": "cardd/<version>"}
+
+Nothing else is ever signed with the card's key: it has no separate authentication key
+(moica.md §8.5), so the nonce and origin are checked before the token is touched, and a caller
+cannot choose the bytes that get signed. The nonce is hashed as its base64 *string*, not decoded,
+as Web eID does. Freshness and single use of the nonce are the verifier's job.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import re
+import threading
+from typing import Any, Protocol
+
+from cardd import __version__
+from cardd.errors import InvalidInput
+from cardd.moica.pkcs11 import PinSource
+
+TOKEN_FORMAT = "cardd-moica:1"  # noqa: S105 - the token format name, not a secret
+ALGORITHM = "RS256"
+NONCE_MIN_LENGTH = 44  # 32 random bytes in base64 (bridge-security.md §1.2)
+NONCE_MAX_LENGTH = 128
+ORIGIN_MAX_LENGTH = 255
+
+# Standard or URL-safe alphabet (RFC 4648 §4, §5), padding only at the end: the relying party
+# picks the encoding; what matters here is that no hash or other binary data is smuggled in.
+_NONCE_RE = re.compile(r"(?:[A-Za-z0-9+/]+|[A-Za-z0-9_-]+)={0,2}")
+# The browser's serialisation of an https origin: lower case, no path, no default port, no
+# userinfo. Hosts are DNS names (punycode for IDNs) or bracketed IPv6 literals; IPv4 matches the
+# DNS pattern.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_ORIGIN_RE = re.compile(
+    rf"https://(?P<host>{_LABEL}(?:\.{_LABEL})*|\[(?P<ipv6>[0-9a-f:.]+)\])(?::(?P<port>[1-9][0-9]{{0,4}}))?"
+)
+
+
+class CardSigner(Protocol):
+    """What :func:`authenticate` needs; :class:`cardd.moica.pkcs11.Pkcs11Signer` is one."""
+
+    def sign(
+        self,
+        cert_der: bytes,
+        data: bytes,
+        pin: PinSource,
+        *,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> bytes: ...
+
+
+def authenticate(
+    signer: CardSigner,
+    cert_der: bytes,
+    origin: str,
+    nonce: str,
+    pin_source: PinSource,
+    *,
+    timeout: float | None = None,
+    cancel: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Have the card holding ``cert_der`` sign the challenge; the product.md token.
+
+    :param cert_der: the signing certificate read from the card in the chosen reader; the signer
+        refuses when the card holding it is not present.
+    :param origin: the browser's ``Origin`` header, already allow-listed by the API layer.
+    :param nonce: the relying party's challenge, as the page sent it.
+    :raises InvalidInput: the origin or nonce is malformed (the card was not touched).
+    """
+    check_origin(origin)
+    check_nonce(nonce)
+    if not cert_der:
+        raise InvalidInput("no signing certificate")
+    signature = signer.sign(
+        cert_der, _signed_data(origin, nonce), pin_source, timeout=timeout, cancel=cancel
+    )
+    return {
+        "format": TOKEN_FORMAT,
+        "unverifiedCertificate": base64.b64encode(cert_der).decode("ascii"),
+        "algorithm": ALGORITHM,
+        "signature": base64.b64encode(signature).decode("ascii"),
+        "appVersion": f"cardd/{__version__}",
+    }
+
+
+def check_nonce(nonce: str) -> None:
+    """44–128 characters of base64; anything else is refused before the card is touched."""
+    if not isinstance(nonce, str):
+        raise InvalidInput("the nonce must be a string")
+    if not NONCE_MIN_LENGTH <= len(nonce) <= NONCE_MAX_LENGTH:
+        raise InvalidInput(
+            f"the nonce must be {NONCE_MIN_LENGTH} to {NONCE_MAX_LENGTH} characters of base64"
+        )
+    if not nonce.isascii() or not _NONCE_RE.fullmatch(nonce):
+        raise InvalidInput("the nonce must be base64")
+
+
+def check_origin(origin: str) -> None:
+    """Exactly ``https://host[:port]`` as a browser serialises it, at most 255 characters."""
+    if not isinstance(origin, str):
+        raise InvalidInput("the origin must be a string")
+    if len(origin) > ORIGIN_MAX_LENGTH:
+        raise InvalidInput(f"the origin is longer than {ORIGIN_MAX_LENGTH} characters")
+    m = _ORIGIN_RE.fullmatch(origin) if origin.isascii() else None
+    if m is None:
+        raise InvalidInput("the origin must be exactly https://host[:port]")
+    if m.group("ipv6") is not None:
+        try:
+            ipaddress.IPv6Address(m.group("ipv6"))
+        except ValueError:
+            raise InvalidInput("the origin's IPv6 address is malformed") from None
+    port = m.group("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise InvalidInput("the origin's port is out of range")
+    if port == "443":
+        raise InvalidInput("the origin must not name the default port (browsers omit :443)")
+
+
+def _signed_data(origin: str, nonce: str) -> bytes:
+    """``SHA256(origin) || SHA256(nonce)``, both UTF-8; the 64 bytes the card signs.
+
+    Private on purpose: ``cardd/moica/token.py`` (the verifier, written separately) may grow a
+    public ``signed_data``; this copy keeps signing independent of that file until then. Once it
+    exists, this should call it, so the signer and the verifier cannot drift apart.
+    """
+    return (
+        hashlib.sha256(origin.encode("utf-8")).digest()
+        + hashlib.sha256(nonce.encode("utf-8")).digest()
+    )
