@@ -81,6 +81,21 @@ class RfidConfig:
 
 
 @dataclass(frozen=True)
+class MoicaConfig:
+    #: the card's PKCS#11 module (HiCOS libHicos_p11.so, or open-gpki-pkcs11); None: signing off
+    pkcs11_module: str | None = None
+    #: directory with the GRCA/MOICA certificates (checked against pinned fingerprints);
+    #: None = <state_dir>/trust, filled by `cardd trust fetch`
+    trust_dir: Path | None = None
+    #: "require" (unknown revocation status fails) or "allow-offline" (kiosks)
+    revocation: str = "require"
+    #: how long past a CRL's nextUpdate a cached CRL may still answer when offline (hours)
+    crl_grace_hours: float = 24.0
+    #: ask the OCSP responder named in each certificate before the CRL
+    ocsp: bool = True
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     #: log APDUs at the TRAFFIC level (secrets redacted); for support sessions only
@@ -93,6 +108,7 @@ class Config:
     readers: ReadersConfig = ReadersConfig()
     sim: SimConfig = SimConfig()
     rfid: RfidConfig = RfidConfig()
+    moica: MoicaConfig = MoicaConfig()
     log: LogConfig = LogConfig()
     state_dir: Path = field(default_factory=lambda: default_state_dir())
     source: Path | None = None
@@ -189,7 +205,7 @@ def validate_origin(origin: str) -> str:
 
 def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
     where = str(source or "config")
-    _check_keys(raw, {"api", "readers", "sim", "rfid", "log", "state_dir"}, where)
+    _check_keys(raw, {"api", "readers", "sim", "rfid", "moica", "log", "state_dir"}, where)
 
     api = _section(raw, "api", where)
     _check_keys(api, {"host", "port", "origins", "token_file"}, f"{where} [api]")
@@ -234,6 +250,14 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
     _check_keys(sim, {"vpcd_host", "vpcd_port", "slots", "control_socket"}, f"{where} [sim]")
     rfid = _section(raw, "rfid", where)
     _check_keys(rfid, {"key_file", "ledger", "station", "consent_column"}, f"{where} [rfid]")
+    moica = _section(raw, "moica", where)
+    _check_keys(moica, {"pkcs11_module", "trust_dir", "revocation", "crl_grace_hours", "ocsp"}, f"{where} [moica]")
+    revocation = _typed(moica, "revocation", str, "moica", "require")
+    if revocation not in ("require", "allow-offline"):
+        raise ConfigError(f"{where}: moica.revocation must be require or allow-offline")
+    grace = float(_typed(moica, "crl_grace_hours", (int, float), "moica", 24.0))
+    if grace < 0:
+        raise ConfigError(f"{where}: moica.crl_grace_hours cannot be negative")
     log = _section(raw, "log", where)
     _check_keys(log, {"level", "traffic"}, f"{where} [log]")
     level = _typed(log, "level", str, "log", "info")
@@ -262,6 +286,13 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
             ledger=_typed(rfid, "ledger", str, "rfid", None),
             station=_typed(rfid, "station", str, "rfid", None),
             consent_column=_typed(rfid, "consent_column", str, "rfid", "同意"),
+        ),
+        moica=MoicaConfig(
+            pkcs11_module=_typed(moica, "pkcs11_module", str, "moica", None),
+            trust_dir=Path(moica["trust_dir"]) if moica.get("trust_dir") else None,
+            revocation=revocation,
+            crl_grace_hours=grace,
+            ocsp=_typed(moica, "ocsp", bool, "moica", True),
         ),
         log=LogConfig(level=level.lower(), traffic=_typed(log, "traffic", bool, "log", False)),
         state_dir=Path(state_dir) if state_dir else default_state_dir(),
