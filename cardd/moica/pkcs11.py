@@ -376,6 +376,29 @@ class Pkcs11Signer:
                 logger.debug("slot %s skipped: %s", _slot_id(slot), exc.code)
         return found
 
+    def certificates(self) -> list[tuple[TokenInfo, bytes]]:
+        """Every certificate object on every present token, without a PIN.
+
+        For cards cardd cannot read over APDUs itself (MOICA gen2, contactless): the module
+        reads them (moica.md §3.4).
+        """
+        out: list[tuple[TokenInfo, bytes]] = []
+        for slot in self._slots():
+            def _list(slot: P11Slot = slot) -> list[tuple[TokenInfo, bytes]]:
+                token = slot.get_token()
+                session = token.open()
+                try:
+                    info = TokenInfo.of(slot.slot_id, token)
+                    return [
+                        (info, bytes(obj[Attribute.VALUE]))
+                        for obj in session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE})
+                    ]
+                finally:
+                    session.close()
+
+            out.extend(self._locked("C_FindObjects", _list))
+        return out
+
     def find_token_for_certificate(self, cert_der: bytes) -> TokenHandle:
         """The token whose certificate object is exactly ``cert_der``.
 

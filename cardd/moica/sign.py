@@ -17,8 +17,6 @@ as Web eID does. Freshness and single use of the nonce are the verifier's job.
 from __future__ import annotations
 
 import base64
-import hashlib
-import ipaddress
 import re
 import threading
 from typing import Any, Protocol
@@ -26,6 +24,7 @@ from typing import Any, Protocol
 from cardd import __version__
 from cardd.errors import InvalidInput
 from cardd.moica.pkcs11 import PinSource
+from cardd.moica.token import signed_data, validate_nonce, validate_origin
 
 TOKEN_FORMAT = "cardd-moica:1"  # noqa: S105 - the token format name, not a secret
 ALGORITHM = "RS256"
@@ -94,46 +93,16 @@ def authenticate(
 
 
 def check_nonce(nonce: str) -> None:
-    """44–128 characters of base64; anything else is refused before the card is touched."""
-    if not isinstance(nonce, str):
-        raise InvalidInput("the nonce must be a string")
-    if not NONCE_MIN_LENGTH <= len(nonce) <= NONCE_MAX_LENGTH:
-        raise InvalidInput(
-            f"the nonce must be {NONCE_MIN_LENGTH} to {NONCE_MAX_LENGTH} characters of base64"
-        )
-    if not nonce.isascii() or not _NONCE_RE.fullmatch(nonce):
-        raise InvalidInput("the nonce must be base64")
+    """44–128 characters of base64; the verifier's own rule (cardd.moica.token), so the signer
+    and the verifier cannot drift apart. Raises ``bad_nonce`` before the card is touched."""
+    validate_nonce(nonce)
 
 
 def check_origin(origin: str) -> None:
-    """Exactly ``https://host[:port]`` as a browser serialises it, at most 255 characters."""
-    if not isinstance(origin, str):
-        raise InvalidInput("the origin must be a string")
-    if len(origin) > ORIGIN_MAX_LENGTH:
-        raise InvalidInput(f"the origin is longer than {ORIGIN_MAX_LENGTH} characters")
-    m = _ORIGIN_RE.fullmatch(origin) if origin.isascii() else None
-    if m is None:
-        raise InvalidInput("the origin must be exactly https://host[:port]")
-    if m.group("ipv6") is not None:
-        try:
-            ipaddress.IPv6Address(m.group("ipv6"))
-        except ValueError:
-            raise InvalidInput("the origin's IPv6 address is malformed") from None
-    port = m.group("port")
-    if port is not None and not 1 <= int(port) <= 65535:
-        raise InvalidInput("the origin's port is out of range")
-    if port == "443":
-        raise InvalidInput("the origin must not name the default port (browsers omit :443)")
+    """Exactly ``https://host[:port]`` as a browser serialises it (cardd.moica.token's rule)."""
+    validate_origin(origin)
 
 
 def _signed_data(origin: str, nonce: str) -> bytes:
-    """``SHA256(origin) || SHA256(nonce)``, both UTF-8; the 64 bytes the card signs.
-
-    Private on purpose: ``cardd/moica/token.py`` (the verifier, written separately) may grow a
-    public ``signed_data``; this copy keeps signing independent of that file until then. Once it
-    exists, this should call it, so the signer and the verifier cannot drift apart.
-    """
-    return (
-        hashlib.sha256(origin.encode("utf-8")).digest()
-        + hashlib.sha256(nonce.encode("utf-8")).digest()
-    )
+    """``SHA256(origin) || SHA256(nonce)``: the verifier's own construction."""
+    return signed_data(origin, nonce)

@@ -25,6 +25,7 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 
 from cardd.errors import (
+    BadNonce,
     CardDataInvalid,
     CardNotSupported,
     CardRemoved,
@@ -32,6 +33,7 @@ from cardd.errors import (
     NoCard,
     OperationCancelled,
     OperationTimeout,
+    OriginMismatch,
     PinBlocked,
     PinIncorrect,
     Pkcs11ModuleMissing,
@@ -643,7 +645,7 @@ def test_tokens_reports_flags():
 def test_bad_origins_are_refused_before_the_card_is_touched(origin: str):
     card = FakeCard()
     signer, _ = signer_for(card)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(OriginMismatch):  # the verifier's own rule (cardd.moica.token)
         authenticate(signer, SIGN_DER, origin, NONCE, PinPrompt())
     assert card.calls == []
 
@@ -668,7 +670,7 @@ def test_good_origins(origin: str):
 def test_bad_nonces_are_refused_before_the_card_is_touched(nonce: str):
     card = FakeCard()
     signer, _ = signer_for(card)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(BadNonce):  # the verifier's own rule (cardd.moica.token)
         authenticate(signer, SIGN_DER, ORIGIN, nonce, PinPrompt())
     assert card.calls == []
 
