@@ -447,6 +447,12 @@ class UserCancelled(CardError):
     code = "user_cancelled"
 
 
+class PinEntryUnavailable(CardError):
+    """No way to collect the PIN for this caller (no PIN pad, and no PIN page yet)."""
+
+    code = "pin_entry_unavailable"
+
+
 class Pkcs11ModuleMissing(CardError):
     code = "pkcs11_module_missing"
     hint = "install the card's PKCS#11 module (HiCOS or open-gpki-pkcs11) and set [moica] pkcs11_module"

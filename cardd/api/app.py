@@ -12,18 +12,22 @@ from aiohttp import WSMsgType, web
 
 from cardd import __version__
 from cardd.api.errors import from_card_error, json_error
+from cardd.api.moica import MOICA_KEY
+from cardd.api.moica import add_routes as add_moica_routes
 from cardd.api.rfid import STATION_KEY
 from cardd.api.rfid import add_routes as add_rfid_routes
 from cardd.api.security import ROUTE_SCOPE, ensure_token, security_middleware
 from cardd.config import Config
 from cardd.errors import CardError
 from cardd.events import EventBus
+from cardd.moica.service import MoicaService
 from cardd.readers.manager import ReaderManager
 from cardd.rfid.station import RfidStation
 
 logger = logging.getLogger(__name__)
 
 MANAGER_KEY = web.AppKey("manager", ReaderManager)
+CONFIG_KEY = web.AppKey("config", Config)
 BUS_KEY = web.AppKey("bus", EventBus)
 #: SSE keep-alive comment interval; keeps proxies and the browser's idle timers quiet
 HEARTBEAT_SECONDS = 15.0
@@ -135,7 +139,11 @@ def _copy_security_headers(request: web.Request, resp: web.StreamResponse) -> No
 
 
 def create_app(
-    config: Config, manager: ReaderManager, bus: EventBus, station: RfidStation | None = None
+    config: Config,
+    manager: ReaderManager,
+    bus: EventBus,
+    station: RfidStation | None = None,
+    moica: MoicaService | None = None,
 ) -> web.Application:
     token_file = config.api.token_file or (config.state_dir / "token")
     token = ensure_token(token_file)
@@ -149,6 +157,9 @@ def create_app(
     app.router.add_get("/v1/readers", readers, name=_route("readers", "readers"))
     app.router.add_get("/v1/events", events_sse, name=_route("events", "readers"))
     app.router.add_get("/v1/ws", events_ws, name=_route("ws", "readers"))
+    app[CONFIG_KEY] = config
     app[STATION_KEY] = station or RfidStation(config)
+    app[MOICA_KEY] = moica or MoicaService(config)
     add_rfid_routes(app, _route)
+    add_moica_routes(app, _route)
     return app

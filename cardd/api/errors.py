@@ -17,6 +17,12 @@ logger = logging.getLogger(__name__)
 
 _STATUS: dict[type[E.CardError], int] = {
     E.UnsupportedMediaType: 415,
+    E.TokenError: 400,
+    E.PinIncorrect: 422,
+    E.PinBlocked: 422,
+    E.UserCancelled: 499,
+    E.PinEntryUnavailable: 501,
+    E.Pkcs11ModuleMissing: 503,
     E.InvalidInput: 400,
     E.CardInUse: 409,
     E.AlreadyIssued: 409,
@@ -59,6 +65,13 @@ _PUBLIC_MESSAGE: dict[str, str] = {
     "pcsc_unavailable": "The smart card service (pcscd) is not running.",
     "backend_unavailable": "The reader service is not available.",
     "invalid_input": "The request is not valid.",
+    "bad_nonce": "The challenge (nonce) is not valid: 44 to 128 base64 characters.",
+    "origin_mismatch": "The requesting site's origin is not valid for signing.",
+    "pin_incorrect": "Wrong PIN.",
+    "pin_blocked": "The card's PIN is locked.",
+    "user_cancelled": "Cancelled by the card holder.",
+    "pin_entry_unavailable": "cardd cannot ask for the PIN here; use a PIN-pad reader.",
+    "pkcs11_module_missing": "The citizen certificate card software is not installed.",
     "card_in_use": "This card carries another person's library number.",
     "already_issued": "This ID already has a working card; ask for a reissue to replace it.",
     "ledger_conflict": "Another station changed this card number at the same moment; try again.",
@@ -101,4 +114,8 @@ def from_card_error(error: E.CardError) -> web.Response:
         "library_number_invalid",
     ):
         message = error.message  # input errors describe the caller's own input
-    return json_error(status, error.code, message)
+    body = error_body(error.code, message)
+    tries = getattr(error, "tries_left", None)
+    if isinstance(error, E.PinIncorrect):
+        body["error"]["triesLeft"] = tries  # type: ignore[assignment]
+    return web.json_response(body, status=status)

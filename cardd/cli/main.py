@@ -78,10 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable report")
 
     from cardd.cli.batch_cmd import add_parser as add_batch
+    from cardd.cli.moica_cmd import add_parsers as add_moica
     from cardd.cli.rfid_cmd import add_parsers as add_rfid
     from cardd.cli.sim_cmd import add_parser as add_sim
 
     add_rfid(sub)
+    add_moica(sub)
     add_batch(sub)
     add_sim(sub)
     return parser
@@ -172,6 +174,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         handler = {"rfid": rfid_cmd.cmd_uid, "card": rfid_cmd.cmd_card, "ledger": rfid_cmd.cmd_ledger}
         return handler[args.command](config, args)
+    if args.command in ("moica", "trust"):
+        from cardd.cli.moica_cmd import run as run_moica
+
+        return run_moica(config, args)
     if args.command == "batch":
         from cardd.cli.batch_cmd import run
 
