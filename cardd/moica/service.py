@@ -142,6 +142,7 @@ class MoicaService:
                     sources, self.config.state_dir,
                     CrlStoreConfig(grace=dt.timedelta(hours=cfg.crl_grace_hours)),
                 )
+                crls.start()  # background refresh before each nextUpdate (and a first download)
                 self._revocation = Revocation(OcspClient() if cfg.ocsp else None, crls)
             return self._revocation
 
