@@ -384,6 +384,7 @@ class Pkcs11Signer:
         """
         out: list[tuple[TokenInfo, bytes]] = []
         for slot in self._slots():
+
             def _list(slot: P11Slot = slot) -> list[tuple[TokenInfo, bytes]]:
                 token = slot.get_token()
                 session = token.open()

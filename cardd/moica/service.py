@@ -65,11 +65,15 @@ class MoicaCard:
             holder = None
         return {
             "cardType": self.card_type.value,
-            "generation": {"moica_gen1": "gen1", "moica_gen2": "gen2"}.get(self.card_type.value, "contactless"),
+            "generation": {"moica_gen1": "gen1", "moica_gen2": "gen2"}.get(
+                self.card_type.value, "contactless"
+            ),
             "cardNumber": self.card_number,
             "holderName": holder.common_name if holder else None,
             "idLast4": holder.id_last4 if holder else None,
-            "certificates": [c.to_dict() for c in self.certificates if c.profile.usage in ("sign", "encrypt")],
+            "certificates": [
+                c.to_dict() for c in self.certificates if c.profile.usage in ("sign", "encrypt")
+            ],
         }
 
 
@@ -91,7 +95,9 @@ class MoicaService:
             if self._signer is None:
                 module = self.config.moica.pkcs11_module
                 if not module:
-                    raise Pkcs11ModuleMissing("no PKCS#11 module configured ([moica] pkcs11_module)")
+                    raise Pkcs11ModuleMissing(
+                        "no PKCS#11 module configured ([moica] pkcs11_module)"
+                    )
                 self._signer = Pkcs11Signer(module)
             return self._signer
 
@@ -136,10 +142,14 @@ class MoicaService:
                 urls = {"G2": MOICA_G2_CRL_URL, "G3": MOICA_G3_CRL_URL}
                 # Each anchor's complete CRL: the real MOICA URLs for the pinned G2/G3; a test
                 # anchor names its own in its certificates (set_revocation in tests).
-                sources = [CrlSource(a.certificate, urls[a.generation]) for a in trust.anchors
-                           if a.generation in urls]
+                sources = [
+                    CrlSource(a.certificate, urls[a.generation])
+                    for a in trust.anchors
+                    if a.generation in urls
+                ]
                 crls = CrlStore(
-                    sources, self.config.state_dir,
+                    sources,
+                    self.config.state_dir,
                     CrlStoreConfig(grace=dt.timedelta(hours=cfg.crl_grace_hours)),
                 )
                 crls.start()  # background refresh before each nextUpdate (and a first download)
@@ -184,8 +194,9 @@ class MoicaService:
     ) -> dict[str, Any]:
         from cardd.moica.sign import authenticate
 
-        return authenticate(self.signer, card.signing.der, origin, nonce, pin_source,
-                            timeout=timeout, cancel=cancel)
+        return authenticate(
+            self.signer, card.signing.der, origin, nonce, pin_source, timeout=timeout, cancel=cancel
+        )
 
     def verify(
         self,
@@ -200,7 +211,12 @@ class MoicaService:
         from cardd.moica.verify import verify_token
 
         return verify_token(
-            token, expected_origin=origin, nonce=nonce, trust=self.trust,
-            revocation=self.revocation, policy=RevocationPolicy(self.config.moica.revocation),
-            now=now, id_number=id_number,
+            token,
+            expected_origin=origin,
+            nonce=nonce,
+            trust=self.trust,
+            revocation=self.revocation,
+            policy=RevocationPolicy(self.config.moica.revocation),
+            now=now,
+            id_number=id_number,
         )

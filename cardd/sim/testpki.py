@@ -38,11 +38,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID, ObjectIdentifier
 
 #: GPKI certificate policy, level 3 (moica.md §5, §6.1).
@@ -324,6 +325,169 @@ def new_rsa_key(key_size: int = DEFAULT_KEY_SIZE) -> rsa.RSAPrivateKey:
 def random_serial() -> int:
     """A positive certificate serial of 64 to 127 bits (moica.md §5: real ones are 64–128)."""
     return secrets.randbits(127) | (1 << 63)
+
+
+# -- revocation material (CRLs, delegated OCSP responders) -----------------------------------
+
+#: sha256WithRSAEncryption AlgorithmIdentifier, DER (NULL parameters, as RFC 4055 requires).
+_SHA256_RSA_ALG_DER = bytes.fromhex("300d06092a864886f70d01010b0500")
+
+
+@dataclass(frozen=True)
+class RevokedEntry:
+    """One CRL entry: a serial, when it was revoked and, optionally, why."""
+
+    serial: int
+    revoked_at: dt.datetime = DEFAULT_NOT_BEFORE
+    reason: x509.ReasonFlags | None = None
+
+
+def make_crl(
+    ca: IssuedCertificate,
+    revoked: Iterable[int | RevokedEntry] = (),
+    *,
+    this_update: dt.datetime | None = None,
+    next_update: dt.datetime | None = None,
+    crl_number: int = 1,
+    signing_key: rsa.RSAPrivateKey | None = None,
+    extra_extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
+) -> x509.CertificateRevocationList:
+    """A complete CRL issued by ``ca`` (cryptography's builder; fine up to a few thousand entries).
+
+    :param revoked: serials, or :class:`RevokedEntry` for a date and a reasonCode entry extension.
+    :param this_update: defaults to now; ``next_update`` defaults to ``this_update`` + 1 day.
+    :param signing_key: sign with this key instead of the CA's (a "badly signed" CRL).
+    :param extra_extensions: more CRL extensions, e.g. a DeltaCRLIndicator for refusal tests.
+    """
+    this_update = this_update or dt.datetime.now(dt.UTC).replace(microsecond=0)
+    next_update = next_update or this_update + dt.timedelta(days=1)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(this_update)
+        .next_update(next_update)
+        .add_extension(_aki(ca), critical=False)
+        .add_extension(x509.CRLNumber(crl_number), critical=False)
+    )
+    for ext, critical in extra_extensions:
+        builder = builder.add_extension(ext, critical=critical)
+    for item in revoked:
+        entry = item if isinstance(item, RevokedEntry) else RevokedEntry(item)
+        rc = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(entry.serial)
+            .revocation_date(entry.revoked_at)
+        )
+        if entry.reason is not None:
+            rc = rc.add_extension(x509.CRLReason(entry.reason), critical=False)
+        builder = builder.add_revoked_certificate(rc.build())
+    return builder.sign(signing_key or ca.private_key, hashes.SHA256())
+
+
+def make_crl_der_fast(
+    ca: IssuedCertificate,
+    serials: Sequence[int],
+    *,
+    this_update: dt.datetime | None = None,
+    next_update: dt.datetime | None = None,
+    crl_number: int = 1,
+    revoked_at: dt.datetime | Sequence[dt.datetime] = DEFAULT_NOT_BEFORE,
+    with_reason: bool = True,
+) -> bytes:
+    """DER of a large complete CRL, written by hand and signed with ``ca``'s key (sha256WithRSA).
+
+    cryptography's builder takes minutes for MOICA-sized CRLs (~412,000 entries); this writes the
+    same structure in seconds. Every entry has ``revoked_at`` (UTCTime) and, with ``with_reason``,
+    a reasonCode extension (keyCompromise), which makes the entries about as long as MOICA's.
+    ``revoked_at`` is one time for all entries or one per serial. Serials must be non-negative.
+    """
+    this_update = this_update or dt.datetime.now(dt.UTC).replace(microsecond=0)
+    next_update = next_update or this_update + dt.timedelta(days=1)
+    times = [revoked_at] * len(serials) if isinstance(revoked_at, dt.datetime) else revoked_at
+    if len(times) != len(serials):
+        raise ValueError("revoked_at must give one time per serial")
+    # Extensions { Extension { reasonCode, OCTET STRING { ENUMERATED 1 } } }
+    reason = bytes.fromhex("300c300a0603551d150403 0a0101".replace(" ", "")) if with_reason else b""
+    entries = []
+    encoded: dict[dt.datetime, bytes] = {}
+    for serial, when in zip(serials, times, strict=True):
+        if serial < 0:
+            raise ValueError("serials must be non-negative")
+        raw = serial.to_bytes(serial.bit_length() // 8 + 1, "big")  # room for the sign bit
+        date = encoded.get(when)
+        if date is None:
+            date = encoded[when] = _tlv(0x17, when.strftime("%y%m%d%H%M%SZ").encode("ascii"))
+        entries.append(_tlv(0x30, _tlv(0x02, raw) + date + reason))
+    ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    aki = _tlv(0x30, _tlv(0x80, ski.digest))
+    number = _tlv(0x02, crl_number.to_bytes(crl_number.bit_length() // 8 + 1, "big"))
+    extensions = _tlv(
+        0x30,
+        _tlv(0x30, _oid_der(x509.oid.ExtensionOID.AUTHORITY_KEY_IDENTIFIER) + _tlv(0x04, aki))
+        + _tlv(0x30, _oid_der(x509.oid.ExtensionOID.CRL_NUMBER) + _tlv(0x04, number)),
+    )
+    tbs = _tlv(
+        0x30,
+        b"".join(
+            (
+                _tlv(0x02, b"\x01"),  # v2
+                _SHA256_RSA_ALG_DER,
+                ca.certificate.subject.public_bytes(),
+                _tlv(0x17, this_update.strftime("%y%m%d%H%M%SZ").encode("ascii")),
+                _tlv(0x17, next_update.strftime("%y%m%d%H%M%SZ").encode("ascii")),
+                _tlv(0x30, b"".join(entries)) if entries else b"",
+                _tlv(0xA0, extensions),
+            )
+        ),
+    )
+    signature = ca.private_key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+    return _tlv(0x30, tbs + _SHA256_RSA_ALG_DER + _tlv(0x03, b"\x00" + signature))
+
+
+def make_ocsp_responder(
+    ca: IssuedCertificate,
+    *,
+    eku: bool = True,
+    validity: Validity | None = None,
+    key_size: int = DEFAULT_KEY_SIZE,
+    name: str = "Test MOICA OCSP Responder - TEST ONLY",
+) -> IssuedCertificate:
+    """A delegated OCSP responder certificate issued by ``ca`` (RFC 6960 §4.2.2.2).
+
+    With ``eku`` it carries extendedKeyUsage id-kp-OCSPSigning and id-pkix-ocsp-nocheck, as a
+    delegated responder must; ``eku=False`` makes the "responder without the EKU" fixture.
+    """
+    validity = validity or Validity()
+    key = new_rsa_key(key_size)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "TW"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG_EXECUTIVE_YUAN),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    builder = (
+        _builder(subject, ca.certificate.subject, key, validity)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(_aki(ca), critical=False)
+    )
+    if eku:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False
+        ).add_extension(x509.OCSPNoCheck(), critical=False)
+    return IssuedCertificate(builder.sign(ca.private_key, hashes.SHA256()), key)
 
 
 # -- internals ------------------------------------------------------------------------------

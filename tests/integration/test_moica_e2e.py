@@ -1,0 +1,177 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Citizen certificate card end to end: read → authenticate → verify.
+
+Real components: `cardd serve` on the private pcscd with a virtual MOICA gen1 card, SoftHSM2 as
+the card's PKCS#11 module (provisioned from the same test identity, so read and sign agree), and
+the local OCSP/CRL server of the test PKI. The relying party's side is `cardd.moica.verify`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+
+from cardd.errors import CertRevoked, IdMismatch, SignatureInvalid
+from cardd.moica.crl import CrlSource, CrlStore
+from cardd.moica.ocsp import OcspClient
+from cardd.moica.revocation import Revocation
+from cardd.moica.trust import TrustStore
+from cardd.moica.types import RevocationPolicy
+from cardd.moica.verify import NonceStore, verify_token
+from cardd.sim.cards.moica import MoicaGen1Card
+from cardd.sim.revocation_server import RevocationServer
+from cardd.sim.softhsm import provision_token, softhsm_unusable
+from cardd.sim.testpki import PkiEndpoints, make_test_pki
+from tests.helpers import READER0, wait_card
+
+pytestmark = pytest.mark.pcsc
+
+ORIGIN = "https://library.example.tw"
+PIN = "246810"
+ID_NUMBER = "A123456789"  # last four 6789, on the certificate's SDA attribute
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, pcscd):
+    reason = softhsm_unusable()
+    if reason:
+        pytest.skip(reason)
+    tmp = tmp_path_factory.mktemp("moica")
+    port = free_port()
+    pki = make_test_pki(endpoints=PkiEndpoints.at(f"http://127.0.0.1:{port}"))
+    server = RevocationServer(pki, port=port)
+    server.start()
+    identity = pki.issue_citizen("王小明", "1234567890123456", ID_NUMBER[-4:])
+    token = provision_token(identity, tmp / "hsm", label="citizen", pin=PIN)
+    config = tmp / "cardd.toml"
+    api_port = free_port()
+    config.write_text(
+        f'[api]\nport = {api_port}\n'
+        f'[api.origins."{ORIGIN}"]\nscopes = ["readers", "moica"]\n'
+        f'[moica]\npkcs11_module = "{token.module_path}"\n'
+    )
+    log = tmp / "cardd.log"
+    env = dict(os.environ, CARDD_STATE_DIR=str(tmp / "state"), **token.env())
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cardd.cli.main", "-vv", "--config", str(config), "serve"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", api_port), timeout=0.2):
+                break
+        except OSError:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    bearer = (tmp / "state" / "token").read_text().strip()
+    trust = TrustStore([pki.moica.certificate], False)
+    revocation = Revocation(
+        OcspClient(), CrlStore([CrlSource(pki.moica.certificate, pki.endpoints.moica_crl)], tmp / "rp")
+    )
+    yield {
+        "pki": pki, "server": server, "identity": identity, "url": f"http://127.0.0.1:{api_port}",
+        "auth": {"Authorization": f"Bearer {bearer}"}, "trust": trust, "revocation": revocation,
+        "log": log, "card": MoicaGen1Card("TP03000000000001", [
+            pki.moica.der(), identity.encryption.der(), identity.signing.der()]),
+    }
+    proc.terminate()
+    proc.wait(10)
+    server.stop()
+
+
+@pytest.fixture
+def card_in_reader(world, vreaders):
+    vreaders[0].insert(world["card"])
+    wait_card(READER0, present=True)
+    time.sleep(0.5)  # the daemon's own watcher sees it independently
+
+
+async def post(world, path, body, headers):
+    async with aiohttp.ClientSession() as s:
+        async with s.post(world["url"] + path, json=body, headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
+
+def verify(world, token, nonce, **kw):
+    return verify_token(json.dumps(token), expected_origin=kw.pop("origin", ORIGIN), nonce=nonce,
+                        trust=world["trust"], revocation=world["revocation"],
+                        policy=RevocationPolicy.REQUIRE, **kw)
+
+
+async def test_read_authenticate_verify(world, card_in_reader):
+    status, card = await post(world, "/v1/moica/read", {}, {"Origin": ORIGIN})
+    assert status == 200, card
+    assert (card["cardType"], card["cardNumber"]) == ("moica_gen1", "TP03000000000001")
+    assert (card["holderName"], card["idLast4"]) == ("王小明", "6789")
+    assert {c["usage"] for c in card["certificates"]} == {"sign", "encrypt"}
+
+    nonce = NonceStore().issue()
+    status, token = await post(world, "/v1/moica/authenticate",
+                               {"nonce": nonce, "origin": ORIGIN, "pin": PIN}, world["auth"])
+    assert status == 200, token
+    assert token["format"] == "cardd-moica:1" and token["algorithm"] == "RS256"
+    assert base64.b64decode(token["unverifiedCertificate"]) == world["identity"].signing.der()
+
+    result = verify(world, token, nonce, id_number=ID_NUMBER)
+    assert (result.holder_name, result.id_last4) == ("王小明", "6789")
+    assert result.revocation_method == "ocsp"
+    with pytest.raises(IdMismatch):
+        verify(world, token, nonce, id_number="B120000008")
+    with pytest.raises(SignatureInvalid):  # another site's origin
+        verify(world, token, nonce, origin="https://evil.example.tw")
+
+
+async def test_wrong_pin_and_missing_pin_entry(world, card_in_reader):
+    nonce = NonceStore().issue()
+    status, body = await post(world, "/v1/moica/authenticate",
+                              {"nonce": nonce, "origin": ORIGIN, "pin": "999999"}, world["auth"])
+    assert status == 422 and body["error"]["code"] == "pin_incorrect"
+    assert "triesLeft" in body["error"]
+    # a browser page may not send the PIN (allow_page_pin is off) ...
+    status, body = await post(world, "/v1/moica/authenticate", {"nonce": nonce, "pin": PIN}, {"Origin": ORIGIN})
+    assert status == 400 and body["error"]["code"] == "invalid_input"
+    # ... and without a PIN pad or the PIN page there is no way to ask for it
+    status, body = await post(world, "/v1/moica/authenticate", {"nonce": nonce}, {"Origin": ORIGIN})
+    assert status == 501 and body["error"]["code"] == "pin_entry_unavailable"
+    status, body = await post(world, "/v1/moica/authenticate", {"nonce": "short"}, {"Origin": ORIGIN})
+    assert status == 400 and body["error"]["code"] == "bad_nonce"
+
+
+async def test_revoked_by_ocsp_and_by_crl(world, card_in_reader):
+    nonce = NonceStore().issue()
+    status, token = await post(world, "/v1/moica/authenticate",
+                               {"nonce": nonce, "origin": ORIGIN, "pin": PIN}, world["auth"])
+    assert status == 200
+    world["server"].revoke(world["identity"].signing.certificate.serial_number)
+    with pytest.raises(CertRevoked):
+        verify(world, token, nonce)
+    crl_only = Revocation(None, CrlStore([CrlSource(world["pki"].moica.certificate,
+                                                    world["pki"].endpoints.moica_crl)],
+                                         world["log"].parent / "crl-only"))
+    assert all(o.ok for o in crl_only.crls.refresh(force=True))  # what the refresher thread does
+    with pytest.raises(CertRevoked):
+        verify_token(json.dumps(token), expected_origin=ORIGIN, nonce=nonce, trust=world["trust"],
+                     revocation=crl_only, policy=RevocationPolicy.REQUIRE)
+
+
+def test_no_pin_in_the_daemon_log(world):
+    text = world["log"].read_text(errors="replace")
+    assert "moica" in text.lower()  # the log is the daemon's and has content
+    assert PIN not in text and "999999" not in text
