@@ -303,7 +303,27 @@ def _check_validity(leaf: x509.Certificate, anchor: TrustAnchor, moment: datetim
         raise UntrustedChain(f"the issuing CA {anchor.name} is not valid at {moment:%Y-%m-%d}")
 
 
+#: Path validations already done: (leaf DER hash, anchor DER hash) → True. A certificate's path
+#: to a fixed anchor does not change; what does change (time, revocation, the token's signature)
+#: is checked on every call before and after this. Bounded, oldest dropped first.
+_PATH_CACHE: dict[tuple[bytes, bytes], bool] = {}
+_PATH_CACHE_MAX = 4096
+
+
 def _check_path(leaf: x509.Certificate, anchor: TrustAnchor, moment: datetime) -> None:
+    # Only successes are cached, and only after _check_validity passed for this moment: the
+    # cached answer is "this leaf is signed by this anchor under our extension policies".
+    # Keyed on the anchor's whole certificate, not its key id: a lookalike CA may copy the id.
+    key = (leaf.fingerprint(hashes.SHA256()), anchor.certificate.fingerprint(hashes.SHA256()))
+    if key in _PATH_CACHE:
+        return
+    _validate_path(leaf, anchor, moment)
+    if len(_PATH_CACHE) >= _PATH_CACHE_MAX:
+        _PATH_CACHE.pop(next(iter(_PATH_CACHE)))
+    _PATH_CACHE[key] = True
+
+
+def _validate_path(leaf: x509.Certificate, anchor: TrustAnchor, moment: datetime) -> None:
     verifier = (
         verification.PolicyBuilder()
         .store(verification.Store([anchor.certificate]))
