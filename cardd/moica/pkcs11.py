@@ -397,7 +397,13 @@ class Pkcs11Signer:
                 finally:
                     session.close()
 
-            out.extend(self._locked("C_FindObjects", _list))
+            try:
+                out.extend(self._locked("C_FindObjects", _list))
+            except CardDataInvalid:
+                raise
+            except CardError as exc:
+                # e.g. SoftHSM's free slot with an uninitialised token: not a card, skip it
+                logger.debug("slot %s skipped while listing certificates: %s", _slot_id(slot), exc.code)
         return out
 
     def find_token_for_certificate(self, cert_der: bytes) -> TokenHandle:

@@ -175,3 +175,52 @@ def test_no_pin_in_the_daemon_log(world):
     text = world["log"].read_text(errors="replace")
     assert "moica" in text.lower()  # the log is the daemon's and has content
     assert PIN not in text and "999999" not in text
+
+
+async def test_gen2_card_is_read_through_the_pkcs11_module(world, vreaders):
+    """Gen2 speaks protected APDUs cardd does not implement: its certificates come from the module."""
+    from cardd.sim.cards.uid import UidCard
+
+    gen2_atr = bytes.fromhex("3BD8960081B1FE451F074348544750 4B494ADD".replace(" ", ""))
+    vreaders[0].insert(UidCard(bytes.fromhex("04112233"), atr=gen2_atr))
+    wait_card(READER0, present=True)
+    time.sleep(0.5)
+    status, card = await post(world, "/v1/moica/read", {}, {"Origin": ORIGIN})
+    assert status == 200, card
+    assert (card["cardType"], card["cardNumber"], card["holderName"]) == ("moica_gen2", None, "王小明")
+    assert {c["usage"] for c in card["certificates"]} == {"sign", "encrypt"}
+
+
+def test_verify_token_cli_with_the_real_anchors(world, tmp_path):
+    """The CLI verifies against pinned anchors only: a test-PKI token is an untrusted chain there."""
+    import shutil
+
+    from cardd.cli.main import EXIT_CODES  # noqa: F401 - the CLI module imports cleanly
+
+    shared = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "trust"
+    if not shared.is_dir():
+        pytest.skip("../shared/trust not present")
+    trust_dir = tmp_path / "trust"
+    trust_dir.mkdir()
+    for pem in shared.glob("*.pem"):
+        shutil.copy(pem, trust_dir)  # a temporary copy for this test, never in the repo
+    config = tmp_path / "cardd.toml"
+    config.write_text(f'[moica]\ntrust_dir = "{trust_dir}"\nrevocation = "allow-offline"\nocsp = false\n')
+    identity = world["identity"]
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from cardd.moica.token import make_token, signed_data
+
+    nonce = NonceStore().issue()
+    sig = identity.signing.private_key.sign(signed_data(ORIGIN, nonce), padding.PKCS1v15(), hashes.SHA256())
+    token_file = tmp_path / "token.json"
+    token_file.write_text(make_token(identity.signing.der(), sig, "cardd/test"))
+    env = dict(os.environ, CARDD_STATE_DIR=str(tmp_path / "state"))
+    out = subprocess.run([sys.executable, "-m", "cardd.cli.main", "--config", str(config), "moica",
+                          "verify-token", str(token_file), "--origin", ORIGIN, "--nonce", nonce],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 1 and "untrusted_chain" in out.stderr and "Traceback" not in out.stderr
+    show = subprocess.run([sys.executable, "-m", "cardd.cli.main", "--config", str(config), "trust", "show"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert show.returncode == 0 and "G2" in show.stdout and "G3" in show.stdout, show.stderr
