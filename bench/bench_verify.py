@@ -91,8 +91,12 @@ def main() -> int:
                 fn()
             return (time.perf_counter() - t0) / n
 
+        def token_rsa_once() -> None:  # what a warm cache leaves: the token's own signature
+            leaf_pub.verify(sig, data, padding.PKCS1v15(), hashes.SHA256())
+
         cardd_s = timed(cardd_once, args.n)
         bare_s = timed(bare_once, args.n)
+        token_rsa_s = timed(token_rsa_once, args.n)
         (t / "ca.der").write_bytes(pki.moica.der())
         (t / "root.der").write_bytes(pki.root.der())
         (t / "root_crl.der").write_bytes(root_crl.public_bytes(Encoding.DER))
@@ -111,17 +115,20 @@ def main() -> int:
     cardd_med = min(cardd_s, cardd_again)
     res = {
         "cardd_us": cardd_med * 1e6, "cardd_first_us": cardd_s * 1e6, "cardd_second_us": cardd_again * 1e6,
-        "bare_rsa_us": bare_s * 1e6, "pyhanko_us": pyhanko_s * 1e6,
+        "bare_rsa_us": bare_s * 1e6, "token_rsa_us": token_rsa_s * 1e6, "pyhanko_us": pyhanko_s * 1e6,
+        "ratio_vs_token_rsa": cardd_med / token_rsa_s,
         "speedup_vs_pyhanko": pyhanko_s / cardd_med, "ratio_vs_bare_rsa": cardd_med / bare_s,
     }
     print(f"token verification, warm caches, one core ({args.n} runs each)")
     print(f"  cardd verify_token (CRL index, id check)  {cardd_med * 1e6:9.1f} us  (runs: {cardd_s * 1e6:.1f}, {cardd_again * 1e6:.1f})")
     print(f"  pyhanko-certvalidator 0.31 + token sig    {pyhanko_s * 1e6:9.1f} us")
     print(f"  bare RSA (cert sig 4096 + token sig 2048) {bare_s * 1e6:9.1f} us")
+    print(f"  bare RSA, token signature only (2048)     {token_rsa_s * 1e6:9.1f} us")
     print(f"  speed-up vs pyhanko {res['speedup_vs_pyhanko']:.1f}x (goal >= 10x): "
           + ("PASS" if res["speedup_vs_pyhanko"] >= 10 else "FAIL"))
-    print(f"  cost vs bare RSA {res['ratio_vs_bare_rsa']:.2f}x (goal <= 1.5x): "
+    print(f"  cost vs bare RSA (cert + token) {res['ratio_vs_bare_rsa']:.2f}x (goal <= 1.5x): "
           + ("PASS" if res["ratio_vs_bare_rsa"] <= 1.5 else "FAIL"))
+    print(f"  cost vs the token's RSA alone {res['ratio_vs_token_rsa']:.2f}x (stricter reading of the goal)")
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "out" / "verify.json").write_text(json.dumps(res, indent=2))
     return 0

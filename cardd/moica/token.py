@@ -108,8 +108,19 @@ def make_token(cert_der: bytes, signature: bytes, app_version: str) -> str:
     return token
 
 
-def parse_token(token: str | bytes) -> AuthToken:
-    """Parse and syntax-check a token. Proves nothing about who made it.
+@dataclass(frozen=True)
+class RawToken:
+    """A token whose fields passed their syntax checks; the certificate is not parsed yet."""
+
+    format: str
+    certificate_der: bytes = field(repr=False)
+    algorithm: str
+    signature: bytes = field(repr=False)
+    app_version: str
+
+
+def parse_token_fields(token: str | bytes) -> RawToken:
+    """Every token rule except parsing the certificate (the verifier caches that per DER).
 
     :raises UnsupportedFormat: ``format`` is present but not ``cardd-moica:1``.
     :raises TokenError: any other rule (code ``invalid_token``).
@@ -135,11 +146,6 @@ def parse_token(token: str | bytes) -> AuthToken:
     if cert_b64 is None or cert_b64 == "":
         raise TokenError("'unverifiedCertificate' field is missing, null or empty")
     cert_der = _base64_field(FIELD_CERTIFICATE, cert_b64)
-    try:
-        cert = x509.load_der_x509_certificate(cert_der)
-        cert.extensions  # noqa: B018 - parsed lazily; a malformed extension fails here
-    except ValueError as exc:
-        raise TokenError("'unverifiedCertificate' is not an X.509 certificate") from exc
 
     algorithm = obj.get(FIELD_ALGORITHM)
     if algorithm is None or algorithm == "":
@@ -157,14 +163,32 @@ def parse_token(token: str | bytes) -> AuthToken:
         raise TokenError("'appVersion' field is missing, null, empty or not a string")
     if len(app_version) > APP_VERSION_MAX_LENGTH:
         raise TokenError("'appVersion' is too long")
+    return RawToken(fmt, cert_der, algorithm, signature, app_version)
 
+
+def load_token_certificate(cert_der: bytes) -> x509.Certificate:
+    try:
+        cert = x509.load_der_x509_certificate(cert_der)
+        cert.extensions  # noqa: B018 - parsed lazily; a malformed extension fails here
+    except ValueError as exc:
+        raise TokenError("'unverifiedCertificate' is not an X.509 certificate") from exc
+    return cert
+
+
+def parse_token(token: str | bytes) -> AuthToken:
+    """Parse and syntax-check a token. Proves nothing about who made it.
+
+    :raises UnsupportedFormat: ``format`` is present but not ``cardd-moica:1``.
+    :raises TokenError: any other rule (code ``invalid_token``).
+    """
+    raw = parse_token_fields(token)
     return AuthToken(
-        format=fmt,
-        certificate=cert,
-        certificate_der=cert_der,
-        algorithm=algorithm,
-        signature=signature,
-        app_version=app_version,
+        format=raw.format,
+        certificate=load_token_certificate(raw.certificate_der),
+        certificate_der=raw.certificate_der,
+        algorithm=raw.algorithm,
+        signature=raw.signature,
+        app_version=raw.app_version,
     )
 
 

@@ -60,6 +60,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -88,7 +89,13 @@ from cardd.moica.profile import (
     read_id_last4,
     subject_attribute,
 )
-from cardd.moica.token import parse_token, signed_data, validate_nonce, validate_origin
+from cardd.moica.token import (
+    load_token_certificate,
+    parse_token_fields,
+    signed_data,
+    validate_nonce,
+    validate_origin,
+)
 from cardd.moica.trust import TrustAnchor, TrustStore, authority_key_id
 from cardd.moica.types import (
     RevocationChecker,
@@ -157,30 +164,33 @@ def verify_token(
     origin = validate_origin(expected_origin)
     validate_nonce(nonce)
 
-    parsed = parse_token(token)
-    leaf = parsed.certificate
-    _check_purpose(leaf)
-    anchor = _select_anchor(leaf, trust)
+    parsed = parse_token_fields(token)
+    facts = _cached_facts(trust, parsed.certificate_der)
+    if facts is None:
+        leaf = load_token_certificate(parsed.certificate_der)
+        _check_purpose(leaf)
+        anchor = _select_anchor(leaf, trust)
+        _check_validity(leaf, anchor, moment)
+        _validate_path(leaf, anchor, moment)
+        facts = _leaf_facts(leaf, anchor)
+        _remember_facts(trust, parsed.certificate_der, facts)
+    leaf, anchor = facts.leaf, facts.anchor
     _check_validity(leaf, anchor, moment)
-    _check_path(leaf, anchor, moment)
     status = _check_revocation(leaf, anchor, revocation, policy, moment)
-    _check_signature(leaf, parsed.signature, signed_data(origin, nonce))
-
-    holder_name = subject_attribute(leaf.subject, NameOID.COMMON_NAME)
-    serial_number = subject_attribute(leaf.subject, NameOID.SERIAL_NUMBER)
+    _check_signature(facts.public_key, parsed.signature, signed_data(origin, nonce))
+    holder_name, serial_number = facts.holder_name, facts.serial_number
     if not holder_name:
         raise TokenError("the certificate names no holder (subject CN)")
     if serial_number is None or not is_subject_serial_number(serial_number):
         raise TokenError("the certificate's subject serialNumber is not 16 digits")
-    id_last4 = read_id_last4(leaf)
     if id_number is not None:
-        _check_id(id_number, id_last4)
+        _check_id(id_number, facts.id_last4)
 
     result = VerificationResult(
         holder_name=holder_name,
-        id_last4=id_last4,
+        id_last4=facts.id_last4,
         subject_serial_number=serial_number,
-        certificate_serial=certificate_serial_hex(leaf),
+        certificate_serial=facts.certificate_serial,
         generation=anchor.generation,
         revocation_method=status.method,
         revocation_status=status.status,
@@ -303,24 +313,53 @@ def _check_validity(leaf: x509.Certificate, anchor: TrustAnchor, moment: datetim
         raise UntrustedChain(f"the issuing CA {anchor.name} is not valid at {moment:%Y-%m-%d}")
 
 
-#: Path validations already done: (leaf DER hash, anchor DER hash) → True. A certificate's path
-#: to a fixed anchor does not change; what does change (time, revocation, the token's signature)
-#: is checked on every call before and after this. Bounded, oldest dropped first.
-_PATH_CACHE: dict[tuple[bytes, bytes], bool] = {}
-_PATH_CACHE_MAX = 4096
+@dataclass(frozen=True)
+class _LeafFacts:
+    """What a certificate that passed every certificate-level check says; cached per DER.
+
+    Purpose, issuer selection and the path to a fixed anchor do not change for the same bytes;
+    what does change (time, revocation, the token's signature, the ID typed on the form) is
+    checked on every call.
+    """
+
+    leaf: x509.Certificate
+    anchor: TrustAnchor
+    public_key: object
+    holder_name: str | None
+    serial_number: str | None
+    id_last4: str | None
+    certificate_serial: str
 
 
-def _check_path(leaf: x509.Certificate, anchor: TrustAnchor, moment: datetime) -> None:
-    # Only successes are cached, and only after _check_validity passed for this moment: the
-    # cached answer is "this leaf is signed by this anchor under our extension policies".
-    # Keyed on the anchor's whole certificate, not its key id: a lookalike CA may copy the id.
-    key = (leaf.fingerprint(hashes.SHA256()), anchor.certificate.fingerprint(hashes.SHA256()))
-    if key in _PATH_CACHE:
-        return
-    _validate_path(leaf, anchor, moment)
-    if len(_PATH_CACHE) >= _PATH_CACHE_MAX:
-        _PATH_CACHE.pop(next(iter(_PATH_CACHE)))
-    _PATH_CACHE[key] = True
+# Per trust store (weakly held, so a store dropped by its owner takes its cache along), then per
+# certificate DER. Bounded; oldest dropped first.
+_FACTS: weakref.WeakKeyDictionary[TrustStore, dict[bytes, _LeafFacts]] = weakref.WeakKeyDictionary()
+_FACTS_MAX = 4096
+_FACTS_LOCK = threading.Lock()
+
+
+def _cached_facts(trust: TrustStore, der: bytes) -> _LeafFacts | None:
+    with _FACTS_LOCK:
+        per_store = _FACTS.get(trust)
+        return per_store.get(der) if per_store is not None else None
+
+
+def _remember_facts(trust: TrustStore, der: bytes, facts: _LeafFacts) -> None:
+    with _FACTS_LOCK:
+        per_store = _FACTS.setdefault(trust, {})
+        if len(per_store) >= _FACTS_MAX:
+            per_store.pop(next(iter(per_store)))
+        per_store[der] = facts
+
+
+def _leaf_facts(leaf: x509.Certificate, anchor: TrustAnchor) -> _LeafFacts:
+    # Raw values only: they are judged in verify_token's order (after the signature).
+    return _LeafFacts(
+        leaf, anchor, leaf.public_key(),
+        subject_attribute(leaf.subject, NameOID.COMMON_NAME),
+        subject_attribute(leaf.subject, NameOID.SERIAL_NUMBER),
+        read_id_last4(leaf), certificate_serial_hex(leaf),
+    )
 
 
 def _validate_path(leaf: x509.Certificate, anchor: TrustAnchor, moment: datetime) -> None:
@@ -376,8 +415,7 @@ def _check_revocation(
     raise RevocationUnknown(f"revocation status unknown ({result.method})")
 
 
-def _check_signature(leaf: x509.Certificate, signature: bytes, data: bytes) -> None:
-    key = leaf.public_key()
+def _check_signature(key: object, signature: bytes, data: bytes) -> None:
     if not isinstance(key, rsa.RSAPublicKey):
         raise SignatureInvalid("RS256 needs an RSA certificate key")
     if key.key_size < MIN_RSA_KEY_BITS:
