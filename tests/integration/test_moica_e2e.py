@@ -88,7 +88,8 @@ def world(tmp_path_factory, pcscd):
     yield {
         "pki": pki, "server": server, "identity": identity, "url": f"http://127.0.0.1:{api_port}",
         "auth": {"Authorization": f"Bearer {bearer}"}, "trust": trust, "revocation": revocation,
-        "log": log, "card": MoicaGen1Card("TP03000000000001", [
+        "log": log, "hsm_env": token.env(), "module": token.module_path,
+        "card": MoicaGen1Card("TP03000000000001", [
             pki.moica.der(), identity.encryption.der(), identity.signing.der()]),
     }
     proc.terminate()
@@ -224,3 +225,41 @@ def test_verify_token_cli_with_the_real_anchors(world, tmp_path):
     show = subprocess.run([sys.executable, "-m", "cardd.cli.main", "--config", str(config), "trust", "show"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert show.returncode == 0 and "G2" in show.stdout and "G3" in show.stdout, show.stderr
+
+
+def test_moica_cli_read_authenticate_and_check(world, card_in_reader, tmp_path):
+    """`cardd moica read|authenticate|check` as a person runs them (the PIN typed on stdin)."""
+    shared = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "trust"
+    trust_dir = tmp_path / "trust"
+    trust_dir.mkdir()
+    import shutil
+
+    for pem in shared.glob("*.pem"):
+        shutil.copy(pem, trust_dir)
+    config = tmp_path / "cardd.toml"
+    config.write_text(f'[moica]\npkcs11_module = "{world["module"]}"\ntrust_dir = "{trust_dir}"\n'
+                      'revocation = "allow-offline"\nocsp = false\n')
+    env = dict(os.environ, CARDD_STATE_DIR=str(tmp_path / "state"), **world["hsm_env"])
+
+    def cardd(*args, stdin=""):
+        return subprocess.run([sys.executable, "-m", "cardd.cli.main", "--config", str(config), *args],
+                              input=stdin, capture_output=True, text=True, env=env, timeout=90)
+
+    read = cardd("moica", "read", "-r", READER0, "--json")
+    assert read.returncode == 0, read.stderr
+    assert json.loads(read.stdout)["holderName"] == "王小明"
+    nonce = NonceStore().issue()
+    auth = cardd("moica", "authenticate", "-r", READER0, "--origin", ORIGIN, "--nonce", nonce, stdin=PIN + "\n")
+    assert auth.returncode == 0, auth.stderr
+    token = json.loads(auth.stdout)
+    # (an earlier test revoked this certificate in the shared test PKI: check the signature only)
+    result = verify_token(json.dumps(token), expected_origin=ORIGIN, nonce=nonce, trust=world["trust"],
+                          revocation=None, policy=RevocationPolicy.ALLOW_OFFLINE)
+    assert result.holder_name == "王小明"
+    assert PIN not in auth.stdout + auth.stderr
+    wrong = cardd("moica", "authenticate", "-r", READER0, "--origin", ORIGIN, "--nonce", nonce, stdin="000000\n")
+    assert wrong.returncode == 1 and "pin_incorrect" in wrong.stderr and "Traceback" not in wrong.stderr
+    # check signs and verifies against this station's pinned MOICA anchors: the test PKI's card
+    # is (rightly) not trusted there
+    check = cardd("moica", "check", "-r", READER0, stdin=PIN + "\n")
+    assert check.returncode == 1 and "untrusted_chain" in check.stderr, check.stderr
