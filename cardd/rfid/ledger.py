@@ -780,75 +780,54 @@ class SqlLedger(abc.ABC):
         self, library_number: str, *, station: str, operator: str, reason: str
     ) -> NumberRecord:
         """Abandon a pending burn. The suffix stays used. Voiding a void number is a no-op."""
-        _check_actor(station, operator)
-
-        def fn(tx: Tx) -> NumberRecord:
-            now = self._now(tx)
-            rec = self._locked_number(tx, library_number)
-            if rec.state == NumberState.VOID:
-                return rec
-            if rec.state != NumberState.PENDING:
-                raise E.InvalidTransition(
-                    f"{mask(rec.number)} is {rec.state.value}; only a pending burn can be voided",
-                    number=rec.number,
-                    from_state=rec.state,
-                    to_state=NumberState.VOID,
-                )
-            self._set_state(tx, rec, NumberState.VOID, now)
-            self._audit(
-                tx,
-                now,
-                rec.number,
-                NumberState.PENDING,
-                NumberState.VOID,
-                rec.uid,
-                station,
-                operator,
-                reason or "burn abandoned",
-            )
-            done = self._get(tx, rec.number)
-            assert done is not None
-            return done
-
-        rec = self._run(fn)
+        rec = self._step(
+            library_number, NumberState.PENDING, NumberState.VOID, station, operator,
+            reason or "burn abandoned", "only a pending burn can be voided",
+        )
         logger.info("ledger: voided %s at %s", mask(rec.number), station)
         return rec
 
     def report_lost(self, library_number: str, *, station: str, operator: str) -> NumberRecord:
         """active → lost; the next ``reserve`` of the ID is a reissue. Repeating it is a no-op."""
+        rec = self._step(
+            library_number, NumberState.ACTIVE, NumberState.LOST, station, operator,
+            "reported lost", "only an active card can be reported lost",
+        )
+        logger.info("ledger: %s reported lost at %s", mask(rec.number), station)
+        return rec
+
+    def _step(
+        self,
+        library_number: str,
+        source: NumberState,
+        target: NumberState,
+        station: str,
+        operator: str,
+        detail: str,
+        refusal: str,
+    ) -> NumberRecord:
+        """One transition ``source → target`` of one number, audited; a no-op when already there."""
         _check_actor(station, operator)
 
         def fn(tx: Tx) -> NumberRecord:
             now = self._now(tx)
             rec = self._locked_number(tx, library_number)
-            if rec.state == NumberState.LOST:
+            if rec.state == target:
                 return rec
-            if rec.state != NumberState.ACTIVE:
+            if rec.state != source:
                 raise E.InvalidTransition(
-                    f"{mask(rec.number)} is {rec.state.value}; only an active card can be reported lost",
+                    f"{mask(rec.number)} is {rec.state.value}; {refusal}",
                     number=rec.number,
                     from_state=rec.state,
-                    to_state=NumberState.LOST,
+                    to_state=target,
                 )
-            self._set_state(tx, rec, NumberState.LOST, now)
-            self._audit(
-                tx,
-                now,
-                rec.number,
-                NumberState.ACTIVE,
-                NumberState.LOST,
-                rec.uid,
-                station,
-                operator,
-                "reported lost",
-            )
+            self._set_state(tx, rec, target, now)
+            self._audit(tx, now, rec.number, source, target, rec.uid, station, operator, detail)
             done = self._get(tx, rec.number)
             assert done is not None
             return done
 
-        rec = self._run(fn)
-        logger.info("ledger: %s reported lost at %s", mask(rec.number), station)
-        return rec
+        return self._run(fn)
 
     # -- reads -----------------------------------------------------------------------------------
 
