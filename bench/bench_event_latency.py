@@ -171,7 +171,7 @@ async def run(args: argparse.Namespace, env: C.Env, daemon: C.Daemon) -> dict:
             raise RuntimeError("raw waiter did not start")
 
     slot = env.vreaders[0]
-    card = C.load_card("easycard_4b.json")
+    card = C.load_card(args.card)
     rows: dict[str, list[dict]] = {"insert": [], "remove": []}
     timeouts = 0
     mismatches = 0
@@ -243,6 +243,9 @@ async def _drain(*queues: asyncio.Queue) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cycles", type=int, default=100, help="insert+remove cycles (default 100)")
+    ap.add_argument("--card", default="easycard_4b.json",
+                    help="fixture under tests/fixtures/cards (a contact card, e.g. ../moica/card.json, "
+                    "has no tap read in the daemon)")
     ap.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for one event")
     ap.add_argument("--max-seconds", type=float, default=150.0, help="stop cycling after this long")
     ap.add_argument("--trace-gc", action="store_true",
