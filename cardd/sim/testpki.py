@@ -265,28 +265,8 @@ def make_citizen(
     endpoints = endpoints or PkiEndpoints.at()
     validity = validity or Validity()
     subject = citizen_subject(name, serial_number)
-    signing_usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-    encryption_usage = x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=True,
-        data_encipherment=True,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    signing_usage = key_usage("digital_signature")
+    encryption_usage = key_usage("key_encipherment", "data_encipherment")
     return CitizenIdentity(
         name=name,
         serial_number=serial_number,
@@ -466,17 +446,7 @@ def make_ocsp_responder(
             x509.NameAttribute(NameOID.COMMON_NAME, name),
         ]
     )
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    usage = key_usage("digital_signature")
     builder = (
         _builder(subject, ca.certificate.subject, key, validity)
         .add_extension(usage, critical=True)
@@ -544,18 +514,22 @@ def _builder(
     )
 
 
+def key_usage(*flags: str) -> x509.KeyUsage:
+    """A KeyUsage with exactly ``flags`` set (names as cryptography spells them)."""
+    unknown = set(flags) - set(_KEY_USAGE_FLAGS)
+    if unknown:
+        raise ValueError(f"unknown key usage flags: {sorted(unknown)}")
+    return x509.KeyUsage(**{name: name in flags for name in _KEY_USAGE_FLAGS})
+
+
+_KEY_USAGE_FLAGS = (
+    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+    "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
+)
+
+
 def _ca_key_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    return key_usage("key_cert_sign", "crl_sign")
 
 
 def _policies() -> x509.CertificatePolicies:
