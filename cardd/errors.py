@@ -462,3 +462,14 @@ class TrustAnchorInvalid(ConfigError):
     """A trust-anchor file does not match its pinned fingerprint."""
 
     code = "trust_anchor_invalid"
+
+
+# -- kiosk -----------------------------------------------------------------------------------
+
+
+class LibrarySystemUnavailable(BackendUnavailable):
+    """The library system (SIP2 server) did not answer: refused connection, timeout, login
+    refused or a reply that stayed corrupt after the resend. The kiosk's offline policy decides."""
+
+    code = "library_system_unavailable"
+

@@ -196,6 +196,11 @@ class ReaderManager:
             info = self._readers[name]
             self._readers[name] = replace(info, card_present=False, atr=None, identity=None)
             data.update(reader=name)
+        elif kind in (ReaderEventKind.TAG_TAPPED, ReaderEventKind.BARCODE_SCANNED) and name in self._readers:
+            # Readers that report reads (nfcpy, serial) hold no card to connect to: the read
+            # itself is the event, published like a PC/SC tap (reader and backend added here).
+            data.update(event.data or {})
+            data.update(reader=name)
         elif kind in (ReaderEventKind.BACKEND_LOST, ReaderEventKind.BACKEND_RESTORED):
             if event.detail:
                 data["detail"] = event.detail

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import time as _time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class ReaderKind(StrEnum):
@@ -23,6 +25,11 @@ class ReaderEventKind(StrEnum):
     #: the hardware stack went away (pcscd stopped); readers are reported removed as well
     BACKEND_LOST = "backend.lost"
     BACKEND_RESTORED = "backend.restored"
+    #: a reader that reports reads instead of holding cards (nfcpy, serial EM4100 readers):
+    #: ``data`` carries the tap (see cardd.rfid.taps.tap_data for the PC/SC form)
+    TAG_TAPPED = "tag.tapped"
+    #: a barcode scanner's line; ``data`` = {"text": ...}
+    BARCODE_SCANNED = "barcode.scanned"
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,8 @@ class ReaderEvent:
     #: pcsc-lite's per-reader event counter (upper 16 bits of dwEventState), for diagnostics
     counter: int | None = None
     detail: str = ""
+    #: payload of TAG_TAPPED / BARCODE_SCANNED events (JSON-able values only)
+    data: Mapping[str, Any] | None = None
     time: float = field(default_factory=_time.time)
     monotonic: float = field(default_factory=_time.monotonic)
 
