@@ -37,7 +37,7 @@ async def client(session: aiohttp.ClientSession, url: str, stop: float, lat: lis
                 await r.read()
                 if r.status != 200:
                     errors[f"http_{r.status}"] += 1
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             errors[type(e).__name__] += 1
             await asyncio.sleep(0.1)
         else:
