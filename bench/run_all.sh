@@ -14,9 +14,11 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-APDU_ARGS=(); LAT_ARGS=(); IDLE_ARGS=()
+APDU_ARGS=(); LAT_ARGS=(); IDLE_ARGS=(); SIP2_ARGS=(); SERIAL_ARGS=()
 if [ "${1:-}" = "--quick" ]; then
     APDU_ARGS=(--blocks 12 --per-block 50 --profile-apdus 2000); LAT_ARGS=(--cycles 10); IDLE_ARGS=(--seconds 10 --runs 5)
+    SIP2_ARGS=(--blocks 6 --per-block 100)
+    SERIAL_ARGS=(--cycles 40)
 fi
 
 status=0
@@ -35,8 +37,10 @@ run() {  # name, script, args...
 run apdu bench/bench_apdu.py "${APDU_ARGS[@]}"
 run event_latency bench/bench_event_latency.py "${LAT_ARGS[@]}"
 run idle bench/bench_idle.py "${IDLE_ARGS[@]}"
+run sip2 bench/bench_sip2.py "${SIP2_ARGS[@]}"
+run serial bench/bench_serial.py "${SERIAL_ARGS[@]}"
 
 echo "=== summary (details in $OUT/*.txt and $OUT/*.json)"
-grep -H -E '^(PASS|FAIL):' "$OUT"/apdu.txt "$OUT"/event_latency.txt "$OUT"/idle.txt \
+grep -H -E '^(PASS|FAIL):' "$OUT"/apdu.txt "$OUT"/event_latency.txt "$OUT"/idle.txt "$OUT"/sip2.txt "$OUT"/serial.txt \
     | sed "s|$OUT/||"
 exit $status

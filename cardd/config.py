@@ -17,6 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cardd.errors import ConfigError
+from cardd.kiosk.settings import KioskConfig, parse_kiosk_config
+from cardd.readers.nfc_config import NfcConfig, parse_nfc_config
+from cardd.readers.serial_config import SerialConfig, parse_serial_config
 
 DEFAULT_PORT = 7420
 SCOPES = frozenset({"readers", "moica", "rfid:read", "rfid:write"})
@@ -37,6 +40,12 @@ class ApiConfig:
     origins: tuple[OriginPolicy, ...] = ()
     #: file holding the bearer token for local programs that send no Origin
     token_file: Path | None = None
+    #: largest request body accepted (413 body_too_large beyond); Web eID messages fit 8 KiB
+    max_body_bytes: int = 8192
+    #: seconds a client may take to send a request's headers, and again its body (408)
+    read_timeout: float = 10.0
+    #: requests one browser origin may have open at once, event streams included (429)
+    max_connections_per_origin: int = 8
 
     def origin_policy(self, origin: str) -> OriginPolicy | None:
         for policy in self.origins:
@@ -100,6 +109,9 @@ class LogConfig:
     level: str = "info"
     #: log APDUs at the TRAFFIC level (secrets redacted); for support sessions only
     traffic: bool = False
+    #: "text", "json" (one object per line, for the journal) or "auto": json when stderr is
+    #: the journal ($JOURNAL_STREAM), text otherwise (cardd.log)
+    format: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,12 @@ class Config:
     rfid: RfidConfig = RfidConfig()
     moica: MoicaConfig = MoicaConfig()
     log: LogConfig = LogConfig()
+    #: serial RFID readers and barcode scanners (cardd.readers.serial_config)
+    serial: SerialConfig = SerialConfig()
+    #: readers cardd drives through nfcpy (cardd.readers.nfc_config); none by default
+    nfc: NfcConfig = NfcConfig()
+    #: the entrance kiosk: tap decisions, SIP2, gate (cardd.kiosk.settings)
+    kiosk: KioskConfig = KioskConfig()
     state_dir: Path = field(default_factory=lambda: default_state_dir())
     source: Path | None = None
 
@@ -205,10 +223,12 @@ def validate_origin(origin: str) -> str:
 
 def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
     where = str(source or "config")
-    _check_keys(raw, {"api", "readers", "sim", "rfid", "moica", "log", "state_dir"}, where)
+    _check_keys(raw, {"api", "readers", "sim", "rfid", "moica", "log", "state_dir", "serial", "kiosk",
+                     "nfc"}, where)
 
     api = _section(raw, "api", where)
-    _check_keys(api, {"host", "port", "origins", "token_file"}, f"{where} [api]")
+    _check_keys(api, {"host", "port", "origins", "token_file", "max_body_bytes", "read_timeout",
+                      "max_connections_per_origin"}, f"{where} [api]")
     host = _typed(api, "host", str, "api", "127.0.0.1")
     try:
         if not ipaddress.ip_address(host).is_loopback:
@@ -235,6 +255,15 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
             )
         )
     token_file = api.get("token_file")
+    max_body = _typed(api, "max_body_bytes", int, "api", 8192)
+    read_timeout = float(_typed(api, "read_timeout", (int, float), "api", 10.0))
+    per_origin = _typed(api, "max_connections_per_origin", int, "api", 8)
+    if not 256 <= max_body <= 1024 * 1024:
+        raise ConfigError(f"{where}: api.max_body_bytes must be from 256 to 1048576")
+    if not 0 < read_timeout <= 300:
+        raise ConfigError(f"{where}: api.read_timeout must be from 0 to 300 seconds")
+    if per_origin < 1:
+        raise ConfigError(f"{where}: api.max_connections_per_origin must be at least 1")
 
     rd = _section(raw, "readers", where)
     _check_keys(rd, {"operation_timeout", "ignore", "kinds"}, f"{where} [readers]")
@@ -259,8 +288,11 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
     if grace < 0:
         raise ConfigError(f"{where}: moica.crl_grace_hours cannot be negative")
     log = _section(raw, "log", where)
-    _check_keys(log, {"level", "traffic"}, f"{where} [log]")
+    _check_keys(log, {"level", "traffic", "format"}, f"{where} [log]")
     level = _typed(log, "level", str, "log", "info")
+    log_format = _typed(log, "format", str, "log", "auto")
+    if log_format not in ("auto", "text", "json"):
+        raise ConfigError(f"{where}: log.format must be auto, text or json")
     if level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where}: log.level must be debug, info, warning or error")
 
@@ -269,6 +301,8 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
         api=ApiConfig(
             host=host, port=port, origins=tuple(origins),
             token_file=Path(token_file) if token_file else None,
+            max_body_bytes=max_body, read_timeout=read_timeout,
+            max_connections_per_origin=per_origin,
         ),
         readers=ReadersConfig(
             operation_timeout=timeout,
@@ -294,7 +328,12 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None) -> Config:
             crl_grace_hours=grace,
             ocsp=_typed(moica, "ocsp", bool, "moica", True),
         ),
-        log=LogConfig(level=level.lower(), traffic=_typed(log, "traffic", bool, "log", False)),
+        log=LogConfig(
+            level=level.lower(), traffic=_typed(log, "traffic", bool, "log", False), format=log_format
+        ),
+        serial=parse_serial_config(_section(raw, "serial", where), where),
+        nfc=parse_nfc_config(_section(raw, "nfc", where), f"{where} [nfc]"),
+        kiosk=parse_kiosk_config(_section(raw, "kiosk", where), where),
         state_dir=Path(state_dir) if state_dir else default_state_dir(),
         source=source,
     )

@@ -473,3 +473,36 @@ class LibrarySystemUnavailable(BackendUnavailable):
 
     code = "library_system_unavailable"
 
+
+
+class Sip2LoginRefused(LibrarySystemUnavailable):
+    """The SIP2 server answered the login (93) with 940. Still "unavailable" for the kiosk (its
+    offline policy applies), but the fix is in the configuration, not the network."""
+
+    code = "sip2_login_refused"
+    hint = "check [kiosk.sip2] user, password and location against the library system's SIP2 account"
+
+
+class Sip2MessageInvalid(CardError):
+    """Bytes from (or for) a SIP2 peer that are not a well-formed message; the message says why."""
+
+    code = "sip2_message_invalid"
+
+
+class Sip2ChecksumMismatch(Sip2MessageInvalid):
+    """A SIP2 message whose AZ checksum does not match its bytes (the client asks for a resend).
+    ``non_ascii``: the message holds non-ASCII bytes, where the spec leaves the sum undefined."""
+
+    code = "sip2_checksum_mismatch"
+
+    def __init__(self, message: str | None = None, *, non_ascii: bool = False) -> None:
+        self.non_ascii = non_ascii
+        super().__init__(message)
+
+
+class GateUnavailable(BackendUnavailable):
+    """The entrance gate's relay cannot be driven: not plugged in, held by another program, or a
+    write failed. The kiosk still decides and shows the decision; the gate stays shut."""
+
+    code = "gate_unavailable"
+    hint = "check the relay's USB cable and [kiosk.gate] port or vid/pid; `cardd diag` lists serial ports"

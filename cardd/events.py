@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cardd import metrics
+
 
 @dataclass(frozen=True)
 class Event:
@@ -38,6 +40,7 @@ class Subscription:
         if self._queue.full():
             self._queue.get_nowait()
             self.dropped += 1
+            metrics.EVENTS_DROPPED.inc()
         self._queue.put_nowait(event)
 
     async def get(self, timeout: float | None = None) -> Event:
@@ -91,6 +94,7 @@ class EventBus:
     def publish(self, type: str, data: Mapping[str, Any] | None = None) -> Event:
         """Publish from the event loop's own thread."""
         event = Event(type, dict(data or {}), next(self._seq))
+        metrics.EVENTS_PUBLISHED.inc(type)
         for sub in list(self._subscribers):
             sub._offer(event)
         return event

@@ -20,6 +20,11 @@ APT_PACKAGES=(
   procps socat
   # PostgreSQL server: the tests start a private cluster for the shared-ledger backend
   postgresql
+  # libusb for nfcpy ([nfc] devices: USB NFC readers outside pcscd)
+  libusb-1.0-0
+  # browser tests (tests/browser, Playwright over Debian's Chromium) and CJK fonts for the
+  # Traditional Chinese pages in their screenshots
+  chromium chromium-driver fonts-noto-cjk
 )
 
 missing=()

@@ -125,21 +125,26 @@ class PrivatePostgres:
                 "-c shared_buffers=32MB",
             ]
         )
+        self._options = options
+        self._pg_ctl_start()
+        return self
+
+    def _pg_ctl_start(self) -> None:
+        assert self.dir is not None and self.bindir is not None
         self._run(
-            str(self.bindir / "pg_ctl"),
-            "start",
-            "-w",
-            "-t",
-            "60",
-            "-D",
-            str(data),
-            "-l",
-            str(self.dir / "server.log"),
-            "-o",
-            options,
+            str(self.bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.dir / "data"),
+            "-l", str(self.dir / "server.log"), "-o", self._options,
         )
         self.running = True
-        return self
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server but keep its data (``restart()`` or ``start_server()`` brings it back)."""
+        assert self.dir is not None and self.bindir is not None
+        self._run(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.dir / "data"), "-m", mode, "-w")
+        self.running = False
+
+    def start_server(self) -> None:
+        self._pg_ctl_start()
 
     def url(self, dbname: str = "postgres") -> str:
         assert self.dir is not None

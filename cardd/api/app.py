@@ -10,18 +10,20 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from cardd import __version__
+from cardd import __version__, metrics
 from cardd.api.errors import from_card_error, json_error
+from cardd.api.metrics import add_routes as add_metrics_routes
 from cardd.api.moica import MOICA_KEY
 from cardd.api.moica import add_routes as add_moica_routes
 from cardd.api.rfid import STATION_KEY
 from cardd.api.rfid import add_routes as add_rfid_routes
-from cardd.api.security import ROUTE_SCOPE, ensure_token, security_middleware
+from cardd.api.security import ROUTE_SCOPE, TokenStore, add_security_headers, security_middleware
 from cardd.config import Config
 from cardd.errors import CardError
 from cardd.events import EventBus
 from cardd.moica.service import MoicaService
 from cardd.readers.manager import ReaderManager
+from cardd.reload import reloading_middleware
 from cardd.rfid.station import RfidStation
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ async def events_sse(request: web.Request) -> web.StreamResponse:
     # Headers (CORS, security) are added by the middleware only after the handler returns, so a
     # streaming response must get them now: prepare() sends them.
     _copy_security_headers(request, resp)
-    with bus.subscribe() as sub:
+    with bus.subscribe() as sub, metrics.stream_open("sse"):
         await resp.prepare(request)
         await resp.write(
             _sse_frame("hello", {"version": __version__, "readers": [r.to_dict() for r in manager.readers()]})
@@ -110,7 +112,7 @@ async def events_ws(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     await ws.send_json({"type": "hello", "version": __version__,
                         "readers": [r.to_dict() for r in manager.readers()]})
-    with bus.subscribe() as sub:
+    with bus.subscribe() as sub, metrics.stream_open("ws"):
 
         async def pump() -> None:
             while True:
@@ -146,20 +148,35 @@ def create_app(
     moica: MoicaService | None = None,
 ) -> web.Application:
     token_file = config.api.token_file or (config.state_dir / "token")
-    token = ensure_token(token_file)
+    tokens = TokenStore(token_file)  # created 0600 at first start; re-read when rotated
     app = web.Application(
-        middlewares=[security_middleware(config.api, token), card_errors],
-        client_max_size=64 * 1024,
+        # rebuilt from the [api] section in force after a configuration reload (cardd.reload)
+        middlewares=[reloading_middleware(config.api, lambda api: security_middleware(api, tokens)),
+                     card_errors],
+        client_max_size=config.api.max_body_bytes,
     )
+    # security headers (and CORS for allowed origins) on every answer, streams included
+    app.on_response_prepare.append(add_security_headers)
     app[MANAGER_KEY] = manager
     app[BUS_KEY] = bus
     app.router.add_get("/v1/health", health, name=_route("health"))
     app.router.add_get("/v1/readers", readers, name=_route("readers", "readers"))
     app.router.add_get("/v1/events", events_sse, name=_route("events", "readers"))
     app.router.add_get("/v1/ws", events_ws, name=_route("ws", "readers"))
+    from cardd.api.openapi import openapi_json
+
+    app.router.add_get("/v1/openapi.json", openapi_json, name=_route("openapi"))
     app[CONFIG_KEY] = config
     app[STATION_KEY] = station or RfidStation(config)
     app[MOICA_KEY] = moica or MoicaService(config)
     add_rfid_routes(app, _route)
     add_moica_routes(app, _route)
+    from cardd.api.pinpage import add_routes as add_pin_routes
+
+    add_pin_routes(app, _route)  # /pin, /v1/pin/*, /v1/client/cardd.js (cardd.api.pinpage)
+    add_metrics_routes(app, _route)  # /v1/metrics, /v1/diag/events: token callers only
+    if config.kiosk.enabled and config.kiosk.page:  # the entrance screen (cardd.kiosk.page)
+        from cardd.kiosk.page import add_routes as add_kiosk_page
+
+        add_kiosk_page(app, _route, config.kiosk.display_seconds)
     return app

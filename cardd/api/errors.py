@@ -87,6 +87,7 @@ _PUBLIC_MESSAGE: dict[str, str] = {
     "access_denied": "The card refused the operation.",
     "write_verify_failed": "The card did not keep what was written; try again.",
     "usage_error": "The request is not valid.",
+    "gate_unavailable": "The entrance gate does not respond; the decision was not carried out.",
 }
 
 

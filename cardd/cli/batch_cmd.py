@@ -11,14 +11,16 @@ numbers are only in the result sheets, which are created with mode 0600.
 
 Exit status: 0 every consenting student of the roster has a card; 1 some rows failed or were not
 reached (run the same roster again to continue); 2 the roster has bad rows (nothing was burned)
-or the command line is wrong; 130 interrupted.
+or the command line is wrong; 130 interrupted (Ctrl-C), 143 stopped by SIGTERM; both resume on the next run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from cardd.errors import CardError, UsageError
 
 if TYPE_CHECKING:  # the configuration module is imported when a batch runs, not for --help
+    import asyncio
+
     from cardd.config import Config
 
 ON_ERROR = ("retry", "skip", "stop")
@@ -176,6 +180,21 @@ async def _burn(
             journal=journal, ui=ui, skip_bad=args.skip_bad, card_timeout=args.card_timeout,
             bus=bus,
         )
+        # SIGTERM (systemd stop, a shutdown, `kill`) ends the batch like Ctrl-C: the card being
+        # written is finished by its worker thread (the burn is never cut between its APDUs by
+        # us), the journal and the result sheets are written, and the next run resumes.
+        terminated = False
+        me = asyncio.current_task()
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            if me is not None:
+                engine.request_stop(lambda: _cancel(me))
+
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
         try:
             report = await engine.run()
         except asyncio.CancelledError:
@@ -185,6 +204,8 @@ async def _burn(
             report = engine.report()
         finally:
             ui.close()
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGTERM)
         results_dir = args.results or journal.path.parent
         paths = write_results(report, results_dir)
         if report.interrupted:
@@ -197,16 +218,26 @@ async def _burn(
         for path in paths:
             out.line(f"  {path}")
         if report.interrupted:
-            out.line("Interrupted: run the same roster again to continue where it stopped.")
-            return 130
+            how = "Stopped by SIGTERM" if terminated else "Interrupted"
+            out.line(f"{how}: run the same roster again to continue where it stopped.")
+            return 143 if terminated else 130
         if not report.complete:
             out.line("Not every student has a card yet: run the same roster again to continue.")
             return 1
         return 0
     finally:
+        # A burn already writing when Ctrl-C / SIGTERM came is finished by its worker thread;
+        # wait for it (bounded) before the ledger closes under it, or its commit would fail.
+        from cardd.supervision import drain_operations
+
+        await drain_operations(manager, 15.0)
         await manager.stop()
         journal.close()
         station.close()
+
+
+def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
 
 
 async def ask(out: Output, prompt: str) -> str:

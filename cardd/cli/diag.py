@@ -7,7 +7,6 @@ hides the others. Personal data never appears here; ATRs and reader names do.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import platform
@@ -156,57 +155,18 @@ def _vpcd(_ctx: dict[str, Any]) -> Section:
     return s
 
 
-# USB readers nfcpy drives (from nfcpy's driver table) and readers often claimed by the kernel.
-_NFC_USB = {
-    "054c:02e1": "Sony RC-S330/360/370", "054c:06c1": "Sony RC-S380", "054c:06c3": "Sony RC-S380",
-    "04cc:0531": "Philips/NXP PN531", "04cc:2533": "NXP PN533", "04e6:5591": "SCM SCL3711",
-    "04e6:5593": "SCM SCL3712", "072f:2200": "ACS ACR122U", "072f:223b": "ACS ACR1252U",
-}
+def _nfc(ctx: dict[str, Any]) -> Section:
+    # nfcpy, the readers on USB, kernel NFC drivers, and which stack each reader belongs to.
+    from cardd.cli.diag_nfc import nfc_section
+
+    return nfc_section(ctx)
 
 
-def _nfc(_ctx: dict[str, Any]) -> Section:
-    s = Section("nfc", INFO)
-    found = []
-    for dev in glob.glob("/sys/bus/usb/devices/*/idVendor"):
-        base = Path(dev).parent
-        try:
-            vid = (base / "idVendor").read_text().strip()
-            pid = (base / "idProduct").read_text().strip()
-        except OSError:
-            continue
-        key = f"{vid}:{pid}"
-        if key in _NFC_USB:
-            found.append({"usb": key, "model": _NFC_USB[key], "path": str(base)})
-    modules = Path("/proc/modules").read_text() if Path("/proc/modules").exists() else ""
-    kernel = [m for m in ("pn533_usb", "pn533", "port100", "nfc") if f"\n{m} " in "\n" + modules]
-    s.details.append({"devices": found, "kernelModules": kernel})
-    s.summary = f"{len(found)} NFC reader(s) on USB" + (f"; kernel NFC modules loaded: {', '.join(kernel)}" if kernel else "")
-    if found and kernel:
-        s.status = WARN
-        s.next_steps.append("kernel NFC drivers hold readers that pcscd or nfcpy need: `modprobe -r pn533_usb pn533 port100 nfc` and install cardd's modprobe blacklist")
-    return s
+def _serial(ctx: dict[str, Any]) -> Section:
+    # Ports by VID/PID/serial, configured serial readers and gate found or not, who owns each.
+    from cardd.cli.diag_serial import serial_section
 
-
-def _serial(_ctx: dict[str, Any]) -> Section:
-    s = Section("serial", INFO)
-    ports = sorted(glob.glob("/dev/serial/by-id/*"))
-    links = sorted(glob.glob("/dev/cardd/*"))
-    details = []
-    for p in ports + links:
-        try:
-            target = os.path.realpath(p)
-            st = os.stat(target)
-            details.append({"path": p, "device": target, "mode": oct(st.st_mode & 0o777),
-                            "accessible": os.access(target, os.R_OK | os.W_OK)})
-        except OSError as e:
-            details.append({"path": p, "error": e.strerror})
-    s.details = details
-    s.summary = f"{len(ports)} serial device(s), {len(links)} cardd link(s)"
-    for d in details:
-        if d.get("accessible") is False:
-            s.worst(WARN)
-            s.next_steps.append(f"{d['path']}: no access; install cardd's udev rules and add the service user to the cardd group")
-    return s
+    return serial_section(ctx)
 
 
 def _permissions(ctx: dict[str, Any]) -> Section:
@@ -251,6 +211,24 @@ def _user() -> str:
         return str(os.geteuid())
 
 
+def _install(ctx: dict[str, Any]) -> Section:
+    from cardd.cli.diag_system import install_section
+
+    return install_section(ctx)
+
+
+def _devices(ctx: dict[str, Any]) -> Section:
+    from cardd.cli.diag_system import devices_section
+
+    return devices_section(ctx)
+
+
+def _service(ctx: dict[str, Any]) -> Section:
+    from cardd.cli.diag_system import service_section
+
+    return service_section(ctx)
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], Section]]] = [
     ("versions", _versions),
     ("config", _config),
@@ -259,6 +237,9 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], Section]]] = [
     ("nfc", _nfc),
     ("serial", _serial),
     ("permissions", _permissions),
+    ("install", _install),
+    ("devices", _devices),
+    ("service", _service),
 ]
 
 
@@ -301,6 +282,10 @@ def run_diag(config_path: str | None, *, as_json: bool) -> int:
             card = r.get("card")
             line = f"    {r['name']}: " + (f"{card['label']}  ATR {card['atr']['raw']}" if card else "no card")
             console.print(escape(line), highlight=False, soft_wrap=True)
+        if name == "serial":
+            from cardd.cli.diag_serial import print_ports
+
+            print_ports(console, sec)
         for step in sec.next_steps:
             console.print(f"    [dim]next step:[/dim] {escape(step)}", highlight=False, soft_wrap=True)
     sys.stdout.flush()

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("diag", help="check pcscd, readers, drivers, configuration and permissions")
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--bundle", metavar="PATH",
+                   help="write a redacted support archive (tar.gz) for a support ticket")
+
+    p = sub.add_parser("reload", help="make the running daemon re-read its configuration (SIGHUP)")
+    p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
 
     from cardd.cli.batch_cmd import add_parser as add_batch
     from cardd.cli.moica_cmd import add_parsers as add_moica
@@ -86,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_moica(sub)
     add_batch(sub)
     add_sim(sub)
+    from cardd.cli.kiosk_cmd import add_parser as add_kiosk
+
+    add_kiosk(sub)
+    from cardd.cli.token_cmd import add_parser as add_token
+
+    add_token(sub)
+    from cardd.cli.demo_cmd import add_parser as add_demo
+
+    add_demo(sub)
+    from cardd.cli.sip2_cmd import add_parser as add_sip2
+
+    add_sip2(sub)
     return parser
 
 
@@ -135,7 +152,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cardd.cli.diag import run_diag
 
         _setup_logging(args, "error")
+        if args.bundle:
+            from cardd.cli.bundle import write_bundle
+
+            return write_bundle(args.config, args.bundle)
         return run_diag(args.config, as_json=args.json)
+
+    if args.command == "reload":
+        # a broken file is what a reload may be asked to report: it must not stop us asking
+        from cardd.cli.reload_cmd import run as run_reload
+
+        return run_reload(args.config, args)
 
     config = load_config(args.config)
     if args.command == "serve":
@@ -148,7 +175,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, api=dataclasses.replace(config.api, port=args.port))
         from cardd.log import setup_logging
 
-        setup_logging("debug" if args.verbose > 1 else config.log.level, traffic=args.traffic or config.log.traffic)
+        setup_logging("debug" if args.verbose > 1 else config.log.level,
+                      traffic=args.traffic or config.log.traffic, fmt=config.log.format)
 
         def ready(url: str) -> None:
             print(f"cardd {__version__} serving on {url} (Ctrl-C to stop)", flush=True)
@@ -186,6 +214,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cardd.cli.sim_cmd import run as run_sim
 
         return run_sim(config, args)
+    if args.command == "kiosk":
+        from cardd.cli.kiosk_cmd import run as run_kiosk
+
+        return run_kiosk(config, args)
+    if args.command == "token":
+        from cardd.cli.token_cmd import run as run_token
+
+        return run_token(config, args)
+    if args.command == "demo-site":
+        from cardd.cli.demo_cmd import run as run_demo
+
+        return run_demo(config, args)
+    if args.command == "sip2":
+        from cardd.cli.sip2_cmd import run as run_sip2
+
+        return run_sip2(config, args)
     raise AssertionError(args.command)
 
 

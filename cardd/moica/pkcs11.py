@@ -59,6 +59,7 @@ python-pkcs11 quirks (0.10.1; the dependency is pinned below 1.0 and the tests c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -89,6 +90,7 @@ from cardd.errors import (
     ReaderBusy,
     UserCancelled,
 )
+from cardd.log import pin_scope
 
 logger = logging.getLogger(__name__)
 
@@ -521,6 +523,7 @@ class Pkcs11Signer:
     ) -> P11Session:
         """The one C_Login of a signature. The PIN buffer is zeroed before this returns."""
         buffer: bytearray | None = None
+        scope = contextlib.ExitStack()
         try:
             if info.protected_authentication_path:
                 secret: object = pkcs11.PROTECTED_AUTH
@@ -536,6 +539,8 @@ class Pkcs11Signer:
                         "nothing was sent to the card"
                     )
                 secret = _PinBuffer(buffer)
+                # While it is in use the log layer scrubs the PIN (from a keyed hash, no copy).
+                scope.enter_context(pin_scope(buffer))
                 logger.debug("C_Login on slot %s", info.slot_id)
             # A PIN that arrives after the deadline (a slow person) is dropped, not sent.
             _checkpoint(deadline, cancel, "logging in")
@@ -552,6 +557,7 @@ class Pkcs11Signer:
         finally:
             if buffer is not None and isinstance(buffer, bytearray):
                 _wipe(buffer)
+            scope.close()
 
     def _login_error(self, exc: p11e.PKCS11Error, handle: TokenHandle) -> CardError:
         ckr = _ckr(exc)

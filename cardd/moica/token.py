@@ -70,6 +70,11 @@ _BASE64_RE = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+
 _BASE64URL_RE = re.compile(r"[A-Za-z0-9_-]+(?:={1,2})?")
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _ORIGIN_RE = re.compile(r"https://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?")
+#: Plain http is accepted for these hosts only: browsers treat http://localhost and loopback
+#: addresses as secure contexts (a page there can call cardd), and a token bound to a loopback
+#: origin verifies only at a relying party configured with that origin, i.e. a developer's or
+#: the demo's own machine. Every other http origin is refused.
+_LOOPBACK_HTTP_RE = re.compile(r"http://(?:localhost|127\.0\.0\.1|\[::1\])(?::(?P<port>[0-9]{1,5}))?")
 
 
 @dataclass(frozen=True)
@@ -245,6 +250,10 @@ def validate_origin(origin: object) -> str:
 def _validate_origin(origin: object) -> str:
     """Return ``origin`` if it is exactly ``https://host[:port]`` as a browser sends it.
 
+    Also ``http://localhost[:port]``, ``http://127.0.0.1[:port]`` and ``http://[::1][:port]``:
+    loopback pages are secure contexts for browsers (local development, the demo site); see
+    ``_LOOPBACK_HTTP_RE``.
+
     Rules (web-eid-app ``validateAndStoreOrigin``, tightened to what an ``Origin`` header can
     hold): at most 255 ASCII characters; scheme ``https``; no user info, path (not even "/"),
     query or fragment; host a lower-case DNS name, a dotted-quad IPv4 address or a bracketed
@@ -258,6 +267,13 @@ def _validate_origin(origin: object) -> str:
         raise OriginMismatch("the origin must be a string")
     if not origin or len(origin) > ORIGIN_MAX_LENGTH or not origin.isascii():
         raise OriginMismatch(f"the origin must be 1–{ORIGIN_MAX_LENGTH} ASCII characters")
+    loopback = _LOOPBACK_HTTP_RE.fullmatch(origin)
+    if loopback is not None:
+        port = loopback.group("port")
+        if port is not None and (port.startswith("0") or not 1 <= int(port) <= 65535
+                                 or int(port) == 80):
+            raise OriginMismatch("the origin's port must be 1–65535 without leading zeros, not 80")
+        return origin
     match = _ORIGIN_RE.fullmatch(origin)
     if match is None:
         raise OriginMismatch(

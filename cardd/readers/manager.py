@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
+from cardd import metrics
 from cardd.config import ReadersConfig
 from cardd.errors import (
     CardError,
@@ -163,7 +164,12 @@ class ReaderManager:
         kind = event.kind
         data: dict[str, Any] = {"backend": event.backend}
         if kind is ReaderEventKind.READER_ADDED and name:
-            info = ReaderInfo(name, event.backend, reader_kind(name, None, self._config.kinds))
+            rkind = reader_kind(name, None, self._config.kinds)
+            hinted = (event.data or {}).get("kind")
+            if hinted and name not in self._config.kinds:
+                # A backend that knows what its readers are says so (serial readers: "serial").
+                rkind = ReaderKind(hinted)
+            info = ReaderInfo(name, event.backend, rkind)
             self._readers[name] = info
             old = self._workers.pop(name, None)
             if old:
@@ -185,6 +191,8 @@ class ReaderManager:
             self._readers[name] = replace(
                 info, card_present=True, atr=event.atr, identity=identity, kind=kind_now
             )
+            if identity is not None and identity.contactless:  # a tap (cardd.rfid.taps reads it)
+                metrics.TAPS.inc(event.backend)
             data.update(reader=name, atr=event.atr.hex().upper() if event.atr else None)
             if identity is not None:
                 data.update(
@@ -201,6 +209,8 @@ class ReaderManager:
             # itself is the event, published like a PC/SC tap (reader and backend added here).
             data.update(event.data or {})
             data.update(reader=name)
+            if kind is ReaderEventKind.TAG_TAPPED:
+                metrics.TAPS.inc(event.backend)
         elif kind in (ReaderEventKind.BACKEND_LOST, ReaderEventKind.BACKEND_RESTORED):
             if event.detail:
                 data["detail"] = event.detail
@@ -319,7 +329,10 @@ class ReaderManager:
 
         def _done(_fut: object) -> None:
             if not background:
-                loop.call_soon_threadsafe(self._release, reader, worker)
+                try:
+                    loop.call_soon_threadsafe(self._release, reader, worker)
+                except RuntimeError:  # the loop has closed (process ending): nobody to tell
+                    pass
 
         if not background:
             worker.busy_with = name
@@ -348,6 +361,8 @@ class ReaderManager:
             result = e.code
             raise
         finally:
+            # Every operation is counted, background ones (a tap's UID read) too.
+            metrics.record_operation(name, result, time.monotonic() - started)
             if not background:
                 self._publish_finished(reader, name, result, started)
 

@@ -433,6 +433,11 @@ class PcscBackend:
     def available(self) -> bool:
         return bool(self._watcher and self._watcher.available)
 
+    @property
+    def watcher_alive(self) -> bool:
+        """The watcher thread runs (pcscd may be down: it retries); the systemd watchdog asks."""
+        return bool(self._watcher and self._watcher.alive)
+
     def _context(self) -> PcscContext:
         """A context per calling thread (each reader worker has its own), renewed if stale."""
         ctx: PcscContext | None = getattr(self._local, "ctx", None)

@@ -75,7 +75,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -383,6 +383,22 @@ class BatchEngine:
         self._stopped = False
         self._interrupted = False
         self._checked_leftover = False
+        #: a card is being written right now (between reserve and commit)
+        self._burning = False
+        self._stop_after_burn: Callable[[], None] | None = None
+
+    def request_stop(self, cancel: Callable[[], None]) -> None:
+        """Stop the batch (SIGTERM) without cutting a burn short.
+
+        Waiting for a card or for its removal: ``cancel`` (which cancels the task running
+        :meth:`run`) is called now. Writing a card: the burn finishes, its result goes into the
+        journal and the results, and then ``cancel`` is called.
+        """
+        self._interrupted = True
+        if self._burning:
+            self._stop_after_burn = cancel
+        else:
+            cancel()
 
     # -- reader state ------------------------------------------------------------------------
 
@@ -662,9 +678,13 @@ class BatchEngine:
                         reader=self.reader, cancel=cancel,
                     )
 
-                outcome = await self.manager.run(
-                    self.reader, burn, name="batch.burn", wait_if_busy=True
-                )
+                self._burning = True
+                try:
+                    outcome = await self.manager.run(
+                        self.reader, burn, name="batch.burn", wait_if_busy=True
+                    )
+                finally:
+                    self._burning = False
             except CardError as error:
                 attempt += 1
                 logger.info("batch row %d: %s: %s", row.row, error.code, error.message)
@@ -691,6 +711,9 @@ class BatchEngine:
                  "suffix": outcome.suffix, "uid": result.uid}
             )
             self._finish(result)
+            if self._stop_after_burn is not None:  # SIGTERM came during this burn
+                stop, self._stop_after_burn = self._stop_after_burn, None
+                stop()
             await self._await_removal(row, result)
             return result
 

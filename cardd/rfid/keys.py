@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cardd.errors import KeyFileError
+from cardd.log import register_secret
 from cardd.rfid.access import KEY_SIZE, TRANSPORT_KEY, ZERO_KEY, KeyType
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,10 @@ def load_key_file(path: str | Path, *, table: str = DEFAULT_TABLE) -> SectorKeys
     if not isinstance(section, dict):
         raise KeyFileError(f"{path}: no [{table}] table")
     keys = _parse_table(section, f"{path}: [{table}]")
+    # From now on the log layer scrubs these keys from every line, whoever logs them.
+    for key in (keys.key_a, keys.key_b):
+        if key not in (TRANSPORT_KEY, ZERO_KEY):  # public values: masking them hides nothing
+            register_secret(key)
     logger.info(
         "MIFARE key file %s: sector %d (%s)%s",
         path,
