@@ -25,6 +25,12 @@ APT_PACKAGES=(
   # browser tests (tests/browser, Playwright over Debian's Chromium) and CJK fonts for the
   # Traditional Chinese pages in their screenshots
   chromium chromium-driver fonts-noto-cjk
+  # production install (scripts/install-system.sh) and its tests: systemd-analyze verify/security
+  # and systemd-sysusers (systemd), udevadm test for the udev rules (udev), modprobe --showconfig
+  # for the NFC blacklist (kmod); util-linux's unshare is already there
+  systemd udev kmod
+  # HTTP load generator for bench/bench_api.py (GET /v1/readers, 64 connections)
+  wrk
 )
 
 missing=()

@@ -70,7 +70,7 @@ _PUBLIC_MESSAGE: dict[str, str] = {
     "pin_incorrect": "Wrong PIN.",
     "pin_blocked": "The card's PIN is locked.",
     "user_cancelled": "Cancelled by the card holder.",
-    "pin_entry_unavailable": "cardd cannot ask for the PIN here; use a PIN-pad reader.",
+    "pin_entry_unavailable": "cardd cannot ask for the PIN: open its PIN page (cardd.js does) or use a PIN-pad reader.",
     "pkcs11_module_missing": "The citizen certificate card software is not installed.",
     "card_in_use": "This card carries another person's library number.",
     "already_issued": "This ID already has a working card; ask for a reissue to replace it.",

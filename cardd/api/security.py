@@ -82,7 +82,6 @@ SELF_SCOPE = "pin.submit"
 #: request headers a preflight may ask for
 PREFLIGHT_HEADERS = frozenset({"content-type"})
 PREFLIGHT_MAX_AGE = "600"
-_FETCH_METADATA = ("Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest")
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 SECURITY_HEADERS = {
@@ -96,6 +95,9 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Server": "cardd",  # not aiohttp's name and version
 }
+
+
+_HEADER_ITEMS = tuple(SECURITY_HEADERS.items())
 
 
 @dataclass(frozen=True)
@@ -213,14 +215,13 @@ async def add_security_headers(request: web.BaseRequest, response: web.StreamRes
     """``on_response_prepare`` hook: every answer gets the security headers the handler did not
     set itself, and the CORS headers of an allowed origin."""
     headers = response.headers
-    for k, v in SECURITY_HEADERS.items():
-        if k not in headers:
-            headers[k] = v
-    origin = request.get(CORS_KEY)
-    if origin is not None and "Access-Control-Allow-Origin" not in headers:
-        headers["Access-Control-Allow-Origin"] = origin
-    if "Vary" not in headers:
-        headers["Vary"] = "Origin"  # answers differ by Origin: caches must not mix them
+    setdefault = headers.setdefault  # one C call per header: this runs for every answer
+    for k, v in _HEADER_ITEMS:
+        setdefault(k, v)
+    origin = request.get(CORS_KEY)  # the middleware sets it (None) on every request it passes
+    if origin is not None:
+        setdefault("Access-Control-Allow-Origin", origin)
+    setdefault("Vary", "Origin")  # answers differ by Origin: caches must not mix them
 
 
 # -- the middleware ---------------------------------------------------------------------------
@@ -258,6 +259,7 @@ def security_middleware(api: ApiConfig, token: str | TokenStore):  # type: ignor
         doc = ROUTE_DOCS.get(route_name) if route_name else None
 
         origin = headers.get("Origin")
+        request[CORS_KEY] = None  # set, so the header hook's lookup never raises KeyError
         if doc is not None and doc.public and request.method in ("GET", "HEAD"):
             caller = _PUBLIC_CALLER
             if origin is not None and origin in callers:
@@ -269,7 +271,7 @@ def security_middleware(api: ApiConfig, token: str | TokenStore):  # type: ignor
                 return json_error(403, "origin_not_allowed", "This site is not allowed to use cardd.")
             caller = found
             request[CORS_KEY] = origin
-        elif any(h in headers for h in _FETCH_METADATA):
+        elif "Sec-Fetch-Mode" in headers or "Sec-Fetch-Site" in headers or "Sec-Fetch-Dest" in headers:
             # A browser sent this without Origin: a navigation, a form or a no-cors load by
             # some page. Whatever credential it carries, it is not a local program.
             logger.warning("refused a browser request without Origin to %s", request.path[:100])
@@ -375,7 +377,7 @@ def _preflight(request: web.Request, caller: Caller) -> web.Response:
         return web.Response(status=204)
     exc = request.match_info.http_exception
     if exc is None or exc.status != 405:  # unknown path (an OPTIONS route we do not have)
-        request.pop(CORS_KEY, None)  # no CORS grant on this answer
+        request[CORS_KEY] = None  # no CORS grant on this answer
         return json_error(404, "not_found", "No such API path.")
     methods = sorted(set(exc.allowed_methods) - {"HEAD", "OPTIONS"})  # type: ignore[attr-defined]
     wanted_method = request.headers.get("Access-Control-Request-Method", "")
@@ -387,7 +389,7 @@ def _preflight(request: web.Request, caller: Caller) -> web.Response:
     if wanted_method not in methods or not wanted_headers <= PREFLIGHT_HEADERS:
         logger.info("refused preflight from %s: %s %s", caller.origin, wanted_method,
                     sorted(wanted_headers)[:5])
-        request.pop(CORS_KEY, None)  # no CORS grant on this answer
+        request[CORS_KEY] = None  # no CORS grant on this answer
         return json_error(403, "preflight_refused", "This method or header is not allowed.")
     resp = web.Response(status=204)
     resp.headers["Access-Control-Allow-Methods"] = ", ".join(methods)

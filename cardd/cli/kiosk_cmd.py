@@ -12,9 +12,10 @@ import argparse
 import dataclasses
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cardd.config import Config
+if TYPE_CHECKING:  # `cardd --help` must not import the configuration machinery
+    from cardd.config import Config
 
 
 def add_parser(sub: Any) -> None:
@@ -51,13 +52,16 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, kiosk=dataclasses.replace(config.kiosk, enabled=True))
     if args.port is not None:
         config = dataclasses.replace(config, api=dataclasses.replace(config.api, port=args.port))
-    setup_logging("debug" if args.verbose > 1 else config.log.level,
-                  traffic=args.traffic or config.log.traffic)
+    setup_logging(
+        "debug" if args.verbose > 1 else config.log.level,
+        traffic=args.traffic or config.log.traffic,
+    )
 
     def ready(url: str) -> None:
         page = f"{url}/kiosk" if config.kiosk.page else "off"
-        print(f"cardd {__version__} kiosk serving on {url}, page {page} (Ctrl-C to stop)",
-              flush=True)
+        print(
+            f"cardd {__version__} kiosk serving on {url}, page {page} (Ctrl-C to stop)", flush=True
+        )
 
     asyncio.run(serve(config, on_ready=ready))
     return 0
@@ -84,8 +88,10 @@ def _log(config: Config, n: int, as_json: bool) -> int:
             print(json.dumps(dataclasses.asdict(r), ensure_ascii=False))
         else:
             flag = " offline" if r.offline else ""
-            print(f"{_when(r.at)}  {r.decision:<6} {r.reason:<22} {r.kind:<15} {r.masked}"
-                  f"{flag}{'  ' + r.reader if r.reader else ''}")
+            print(
+                f"{_when(r.at)}  {r.decision:<6} {r.reason:<22} {r.kind:<15} {r.masked}"
+                f"{flag}{'  ' + r.reader if r.reader else ''}"
+            )
     return 0
 
 
@@ -97,11 +103,25 @@ def _queue(config: Config, as_json: bool) -> int:
     finally:
         store.close()
     if as_json:
-        print(json.dumps({
-            "waiting": [{"at": e.at, "masked": e.masked, "kind": e.kind, "decision": e.decision,
-                         "reason": e.reason} for e in waiting],
-            "reported": [{k: v for k, v in r.items() if k != "patron"} for r in reported],
-        }, ensure_ascii=False, indent=2))
+        print(
+            json.dumps(
+                {
+                    "waiting": [
+                        {
+                            "at": e.at,
+                            "masked": e.masked,
+                            "kind": e.kind,
+                            "decision": e.decision,
+                            "reason": e.reason,
+                        }
+                        for e in waiting
+                    ],
+                    "reported": [{k: v for k, v in r.items() if k != "patron"} for r in reported],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return 0
     print(f"{len(waiting)} offline decision(s) waiting to be reported")
     for e in waiting:
@@ -109,6 +129,8 @@ def _queue(config: Config, as_json: bool) -> int:
     if reported:
         print("latest reported:")
         for r in reported:
-            print(f"  {_when(r['at'])}  {r['decision']:<6} {r['reason']:<18} {r['masked']}"
-                  f"  → online: {r['verdict']} ({r['verdictReason']})")
+            print(
+                f"  {_when(r['at'])}  {r['decision']:<6} {r['reason']:<18} {r['masked']}"
+                f"  → online: {r['verdict']} ({r['verdictReason']})"
+            )
     return 0

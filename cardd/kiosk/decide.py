@@ -65,18 +65,54 @@ REASONS: dict[str, tuple[bool, str, str]] = {
     "virtual_card": (True, "歡迎光臨（館際借書證）", "Welcome (interlibrary card)"),
     "offline_cached": (True, "歡迎光臨（系統離線）", "Welcome (library system offline)"),
     "offline_open": (True, "歡迎光臨（系統離線）", "Welcome (library system offline)"),
-    "card_lost": (False, "此卡已掛失，請洽櫃台", "This card was reported lost. Please see the desk."),
-    "card_not_active": (False, "此卡尚未啟用，請洽櫃台", "This card is not active. Please see the desk."),
+    "card_lost": (
+        False,
+        "此卡已掛失，請洽櫃台",
+        "This card was reported lost. Please see the desk.",
+    ),
+    "card_not_active": (
+        False,
+        "此卡尚未啟用，請洽櫃台",
+        "This card is not active. Please see the desk.",
+    ),
     "patron_unknown": (False, "查無讀者資料，請洽櫃台", "Unknown patron. Please see the desk."),
-    "patron_blocked": (False, "借閱權限已停用，請洽櫃台", "Your privileges are suspended. Please see the desk."),
+    "patron_blocked": (
+        False,
+        "借閱權限已停用，請洽櫃台",
+        "Your privileges are suspended. Please see the desk.",
+    ),
     "already_in": (False, "已在館內", "Already in"),
-    "virtual_card_expired": (False, "館際借書證已過期，請洽櫃台", "This interlibrary card has expired."),
-    "random_uid": (False, "此卡無法識別，請改用借書證", "This card cannot be identified. Please use your library card."),
+    "virtual_card_expired": (
+        False,
+        "館際借書證已過期，請洽櫃台",
+        "This interlibrary card has expired.",
+    ),
+    "random_uid": (
+        False,
+        "此卡無法識別，請改用借書證",
+        "This card cannot be identified. Please use your library card.",
+    ),
     "unknown_barcode": (False, "無法辨識此條碼，請洽櫃台", "Unknown barcode. Please see the desk."),
-    "record_corrupt": (False, "卡片資料異常，請洽櫃台", "The card's data is damaged. Please see the desk."),
-    "read_failed": (False, "讀取失敗，請再感應一次", "The card could not be read. Please tap again."),
-    "library_offline": (False, "系統離線中，請洽櫃台", "The library system is offline. Please see the desk."),
-    "offline_unknown": (False, "系統離線中，無法確認身分，請洽櫃台", "The library system is offline and cannot confirm you. Please see the desk."),
+    "record_corrupt": (
+        False,
+        "卡片資料異常，請洽櫃台",
+        "The card's data is damaged. Please see the desk.",
+    ),
+    "read_failed": (
+        False,
+        "讀取失敗，請再感應一次",
+        "The card could not be read. Please tap again.",
+    ),
+    "library_offline": (
+        False,
+        "系統離線中，請洽櫃台",
+        "The library system is offline. Please see the desk.",
+    ),
+    "offline_unknown": (
+        False,
+        "系統離線中，無法確認身分，請洽櫃台",
+        "The library system is offline and cannot confirm you. Please see the desk.",
+    ),
 }
 
 _LOST_STATES = (NumberState.SUPERSEDED, NumberState.LOST)
@@ -229,15 +265,29 @@ class Decider:
         except LibrarySystemUnavailable as e:
             self.library_online = False
             ms = (time.perf_counter() - started) * 1000
-            logger.warning("kiosk: library system unavailable (%s); offline policy %s",
-                           e.message, self.policy.offline_mode)
+            logger.warning(
+                "kiosk: library system unavailable (%s); offline policy %s",
+                e.message,
+                self.policy.offline_mode,
+            )
             return await self._offline(token, patron, now, ms)
+        except CardError as e:
+            # Not an outage: the library system cannot be asked about this identifier (e.g. a
+            # barcode with characters SIP2 cannot carry). Nobody is admitted on it.
+            logger.warning("kiosk: %s not looked up: [%s]", token.masked, e.code)
+            return Decision(token, "patron_unknown", patron=patron, detail=e.code)
         ms = (time.perf_counter() - started) * 1000
         self.library_online = True
         reason = online_verdict(status, self.policy)
         return Decision(
-            token, reason, screen_message=status.screen_message, alarm=reason == "card_lost",
-            patron=patron, library_ms=ms, detail=detail, at=now,
+            token,
+            reason,
+            screen_message=status.screen_message,
+            alarm=reason == "card_lost",
+            patron=patron,
+            library_ms=ms,
+            detail=detail,
+            at=now,
         )
 
     async def commit(self, decision: Decision) -> None:
@@ -295,10 +345,16 @@ class Decider:
             reason = "library_offline"
         decision = Decision(token, reason, offline=True, patron=patron, library_ms=ms)
         # Queued (and synced) before anyone sees the decision: an admission is never lost.
-        await self._run(lambda: self.store.queue(
-            patron=patron, kind=token.kind.value, masked=token.masked,
-            decision="allow" if decision.allow else "deny", reason=reason, at=now,
-        ))
+        await self._run(
+            lambda: self.store.queue(
+                patron=patron,
+                kind=token.kind.value,
+                masked=token.masked,
+                decision="allow" if decision.allow else "deny",
+                reason=reason,
+                at=now,
+            )
+        )
         return decision
 
     def _prune(self, now: float) -> None:
@@ -307,4 +363,3 @@ class Decider:
         horizon = max(self.policy.debounce_seconds, self.policy.anti_passback_seconds)
         self._last_decided = {k: t for k, t in self._last_decided.items() if now - t < horizon}
         self._admitted = {k: t for k, t in self._admitted.items() if now - t < horizon}
-

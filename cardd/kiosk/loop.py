@@ -116,7 +116,9 @@ class KioskService:
             await self.gate.start()  # relay off: it may have been left on by a crash
         station = self.station
         self.decider = Decider(
-            self.kiosk.policy, self.kiosk.rules, self.store,
+            self.kiosk.policy,
+            self.kiosk.rules,
+            self.store,
             patrons=self.patrons,
             ledger=(lambda: station.ledger) if station is not None else None,
             io=self._io,
@@ -195,8 +197,11 @@ class KioskService:
         record_ms: float | None = None
         if event.type == "barcode.scanned":
             reader = event.data.get("reader")
-            token = from_barcode(event.data.get("text"), self.kiosk.rules,
-                                 reader if isinstance(reader, str) else None)
+            token = from_barcode(
+                event.data.get("text"),
+                self.kiosk.rules,
+                reader if isinstance(reader, str) else None,
+            )
         else:
             token = from_tap(event.data, self.kiosk.rules)
             if self._reads_records(token, event.data):
@@ -219,13 +224,22 @@ class KioskService:
         }
         self.bus.publish("kiosk.decision", payload)
         if decision.alarm:
-            self.bus.publish("kiosk.alarm", {
-                "reason": decision.reason, "message": decision.message,
-                "token": decision.token.to_event(),
-            })
+            self.bus.publish(
+                "kiosk.alarm",
+                {
+                    "reason": decision.reason,
+                    "message": decision.message,
+                    "token": decision.token.to_event(),
+                },
+            )
             logger.warning("kiosk: ALARM %s presented %s", decision.reason, decision.token.masked)
-        logger.info("kiosk: %s %s %s%s", payload["decision"], decision.reason,
-                    decision.token.masked, " (offline)" if decision.offline else "")
+        logger.info(
+            "kiosk: %s %s %s%s",
+            payload["decision"],
+            decision.reason,
+            decision.token.masked,
+            " (offline)" if decision.offline else "",
+        )
         await self.decider.commit(decision)
         await self._run_io(lambda: self._audit(decision))
         await self._status_changed()
@@ -234,9 +248,13 @@ class KioskService:
         assert self.store is not None
         token = decision.token
         self.store.audit(
-            decision="allow" if decision.allow else "deny", reason=decision.reason,
-            kind=token.kind.value, masked=token.masked, reader=token.reader,
-            offline=decision.offline, detail=decision.detail,
+            decision="allow" if decision.allow else "deny",
+            reason=decision.reason,
+            kind=token.kind.value,
+            masked=token.masked,
+            reader=token.reader,
+            offline=decision.offline,
+            detail=decision.detail,
         )
 
     async def _status_changed(self) -> None:
@@ -276,8 +294,11 @@ class KioskService:
         try:
             cards = await self._run_io(lambda: station.cards)
             read: CardRecord = await self.manager.run(
-                reader, lambda c, _e: cards.read(c, reader=reader), name="kiosk.read",
-                timeout=RECORD_READ_TIMEOUT, background=True,
+                reader,
+                lambda c, _e: cards.read(c, reader=reader),
+                name="kiosk.read",
+                timeout=RECORD_READ_TIMEOUT,
+                background=True,
             )
         except CardNotPersonalized:
             return token
@@ -303,7 +324,6 @@ class KioskService:
         except CardError as e:
             logger.error("kiosk: the gate did not open: [%s] %s", e.code, e)
             self.bus.publish("kiosk.alarm", {"reason": e.code, "message": "閘門故障，請洽櫃台"})
-
 
     # -- the library system ----------------------------------------------------------------
 
@@ -354,28 +374,49 @@ class KioskService:
             await self._run_io(
                 store.mark_reported, entry.id, "allow" if online_allow else "deny", verdict
             )
-            reported.append({
-                "at": entry.at, "masked": entry.masked, "kind": entry.kind,
-                "decision": entry.decision, "reason": entry.reason,
-                "onlineDecision": "allow" if online_allow else "deny", "onlineReason": verdict,
-            })
+            reported.append(
+                {
+                    "at": entry.at,
+                    "masked": entry.masked,
+                    "kind": entry.kind,
+                    "decision": entry.decision,
+                    "reason": entry.reason,
+                    "onlineDecision": "allow" if online_allow else "deny",
+                    "onlineReason": verdict,
+                }
+            )
         if not reported:
             return 0
         remaining = await self._run_io(store.unreported_count)
         would_deny = sum(
             1 for r in reported if r["decision"] == "allow" and r["onlineDecision"] == "deny"
         )
-        self.bus.publish("kiosk.offline_report", {
-            "count": len(reported), "remaining": remaining,
-            "admittedButWouldDeny": would_deny, "entries": reported,
-        })
-        await self._run_io(lambda: store.audit(
-            decision="report", reason="offline_report", kind="report",
-            masked=f"{len(reported)} decisions", reader=None, offline=False,
-            detail=f"admitted but the library system would refuse: {would_deny}",
-        ))
-        logger.info("kiosk: reported %d offline decisions (%d admitted that the library system "
-                    "would refuse)", len(reported), would_deny)
+        self.bus.publish(
+            "kiosk.offline_report",
+            {
+                "count": len(reported),
+                "remaining": remaining,
+                "admittedButWouldDeny": would_deny,
+                "entries": reported,
+            },
+        )
+        await self._run_io(
+            lambda: store.audit(
+                decision="report",
+                reason="offline_report",
+                kind="report",
+                masked=f"{len(reported)} decisions",
+                reader=None,
+                offline=False,
+                detail=f"admitted but the library system would refuse: {would_deny}",
+            )
+        )
+        logger.info(
+            "kiosk: reported %d offline decisions (%d admitted that the library system "
+            "would refuse)",
+            len(reported),
+            would_deny,
+        )
         if self._online is not True:
             assert self.decider is not None
             self.decider.library_online = True

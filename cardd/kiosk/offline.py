@@ -162,14 +162,23 @@ class KioskStore:
         self._db.execute(
             "INSERT INTO audit (at, decision, reason, kind, masked, reader, offline, detail)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (time.time() if at is None else at, decision, reason, kind, masked, reader,
-             int(offline), detail),
+            (
+                time.time() if at is None else at,
+                decision,
+                reason,
+                kind,
+                masked,
+                reader,
+                int(offline),
+                detail,
+            ),
         )
 
     def recent(self, limit: int = 50) -> list[AuditRow]:
         rows = self._db.execute(
             "SELECT at, decision, reason, kind, masked, reader, offline, detail FROM audit"
-            " ORDER BY id DESC LIMIT ?", (limit,),
+            " ORDER BY id DESC LIMIT ?",
+            (limit,),
         ).fetchall()
         return [AuditRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in rows]
 
@@ -191,7 +200,13 @@ class KioskStore:
     # -- the offline queue -----------------------------------------------------------------
 
     def queue(
-        self, *, patron: str, kind: str, masked: str, decision: str, reason: str,
+        self,
+        *,
+        patron: str,
+        kind: str,
+        masked: str,
+        decision: str,
+        reason: str,
         at: float | None = None,
     ) -> int:
         cur = self._db.execute(
@@ -205,7 +220,8 @@ class KioskStore:
     def unreported(self, limit: int = 100) -> list[QueuedDecision]:
         rows = self._db.execute(
             "SELECT id, at, patron, kind, masked, decision, reason FROM offline_queue"
-            " WHERE reported_at IS NULL ORDER BY id LIMIT ?", (limit,),
+            " WHERE reported_at IS NULL ORDER BY id LIMIT ?",
+            (limit,),
         ).fetchall()
         return [QueuedDecision(*r) for r in rows]
 
@@ -229,8 +245,16 @@ class KioskStore:
             " FROM offline_queue WHERE reported_at IS NOT NULL ORDER BY id DESC LIMIT ?",
             (limit,),
         ).fetchall()
-        keys = ("at", "masked", "decision", "reason", "reportedAt", "verdict", "verdictReason",
-                "patron")
+        keys = (
+            "at",
+            "masked",
+            "decision",
+            "reason",
+            "reportedAt",
+            "verdict",
+            "verdictReason",
+            "patron",
+        )
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
     # -- retention -------------------------------------------------------------------------

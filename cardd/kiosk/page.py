@@ -107,9 +107,15 @@ async def kiosk_events(request: web.Request) -> web.StreamResponse:
     stream = _display_events(request.app[BUS_KEY])
     try:
         await resp.prepare(request)
-        await resp.write(_frame("hello", {
-            "displaySeconds": state.display_seconds, "status": state.status,
-        }))
+        await resp.write(
+            _frame(
+                "hello",
+                {
+                    "displaySeconds": state.display_seconds,
+                    "status": state.status,
+                },
+            )
+        )
         async for chunk in stream:
             await resp.write(chunk)
     finally:
@@ -143,13 +149,24 @@ def add_routes(app: web.Application, route: Callable[..., str], display_seconds:
         ("kiosk.css", "/kiosk/kiosk.css", "kiosk.css", "The kiosk page's style sheet"),
     ):
         app.router.add_get(path, _file_handler(file), name=route(name))
-        describe(name, "GET", path, summary, public=True, tags=("kiosk",),
-                 responses={200: Reply(summary, content_type=_FILES[file])})
+        describe(
+            name,
+            "GET",
+            path,
+            summary,
+            public=True,
+            tags=("kiosk",),
+            responses={200: Reply(summary, content_type=_FILES[file])},
+        )
     app.router.add_get("/kiosk/events", kiosk_events, name=route("kiosk.events"))
     describe(
-        "kiosk.events", "GET", "/kiosk/events", "The kiosk page's display stream (SSE)",
+        "kiosk.events",
+        "GET",
+        "/kiosk/events",
+        "The kiosk page's display stream (SSE)",
         description="Server-Sent Events: hello {displaySeconds, status}, then kiosk.decision and "
         "kiosk.status events, with masked card numbers only.",
-        public=True, tags=("kiosk",),
+        public=True,
+        tags=("kiosk",),
         responses={200: Reply("An event stream", content_type="text/event-stream")},
     )

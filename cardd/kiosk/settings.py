@@ -70,15 +70,32 @@ class KioskConfig:
 
 
 _KEYS = {
-    "enabled", "page", "uid_form", "em4100_form", "barcode_patterns", "virtual_card_pattern",
-    "virtual_card_days", "virtual_cards", "debounce_seconds", "anti_passback_seconds",
-    "deny_on_charge_denied", "staff", "offline_mode", "cache_hours", "read_records",
-    "display_seconds", "audit_days", "report_seconds", "sip2", "gate",
+    "enabled",
+    "page",
+    "uid_form",
+    "em4100_form",
+    "barcode_patterns",
+    "virtual_card_pattern",
+    "virtual_card_days",
+    "virtual_cards",
+    "debounce_seconds",
+    "anti_passback_seconds",
+    "deny_on_charge_denied",
+    "staff",
+    "offline_mode",
+    "cache_hours",
+    "read_records",
+    "display_seconds",
+    "audit_days",
+    "report_seconds",
+    "sip2",
+    "gate",
 }
 
 
-def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str,
-         default: Any) -> Any:
+def _get(
+    table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any
+) -> Any:
     if key not in table:
         return default
     value = table[key]
@@ -101,7 +118,9 @@ def _positive(value: float, key: str, where: str) -> float:
     return float(value)
 
 
-def _strings(table: dict[str, Any], key: str, where: str, default: tuple[str, ...]) -> tuple[str, ...]:
+def _strings(
+    table: dict[str, Any], key: str, where: str, default: tuple[str, ...]
+) -> tuple[str, ...]:
     value = _get(table, key, list, where, list(default))
     if not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{where}: kiosk.{key} must be a list of non-empty strings")
@@ -123,23 +142,28 @@ def parse_kiosk_config(table: dict[str, Any], where: str) -> KioskConfig:
             uid_form=_get(table, "uid_form", str, where, "dec10_le"),
             em4100_form=_get(table, "em4100_form", str, where, "decimal10"),
             barcode_patterns=_strings(table, "barcode_patterns", where, DEFAULT_BARCODE_PATTERNS),
-            virtual_card_pattern=_get(table, "virtual_card_pattern", str, where,
-                                      DEFAULT_VIRTUAL_CARD_PATTERN),
+            virtual_card_pattern=_get(
+                table, "virtual_card_pattern", str, where, DEFAULT_VIRTUAL_CARD_PATTERN
+            ),
             virtual_card_days=_get(table, "virtual_card_days", int, where, 3),
         )
     except ConfigError as e:
         raise ConfigError(f"{where}: {e.message}") from None
     policy = KioskPolicy(
         debounce_seconds=_non_negative(
-            _get(table, "debounce_seconds", (int, float), where, 2.0), "debounce_seconds", where),
+            _get(table, "debounce_seconds", (int, float), where, 2.0), "debounce_seconds", where
+        ),
         anti_passback_seconds=_non_negative(
             _get(table, "anti_passback_seconds", (int, float), where, 30.0),
-            "anti_passback_seconds", where),
+            "anti_passback_seconds",
+            where,
+        ),
         deny_on_charge_denied=_get(table, "deny_on_charge_denied", bool, where, False),
         staff=frozenset(_strings(table, "staff", where, ())),
         offline_mode=offline_mode,
         cache_hours=_non_negative(
-            _get(table, "cache_hours", (int, float), where, 24.0), "cache_hours", where),
+            _get(table, "cache_hours", (int, float), where, 24.0), "cache_hours", where
+        ),
         virtual_cards=virtual_cards,
     )
     audit_days = _get(table, "audit_days", int, where, 90)
@@ -163,10 +187,12 @@ def parse_kiosk_config(table: dict[str, Any], where: str) -> KioskConfig:
         policy=policy,
         read_records=_get(table, "read_records", bool, where, True),
         display_seconds=_non_negative(
-            _get(table, "display_seconds", (int, float), where, 5.0), "display_seconds", where),
+            _get(table, "display_seconds", (int, float), where, 5.0), "display_seconds", where
+        ),
         audit_days=audit_days,
-        report_seconds=_positive(_get(table, "report_seconds", (int, float), where, 15.0),
-                                 "report_seconds", where),
+        report_seconds=_positive(
+            _get(table, "report_seconds", (int, float), where, 15.0), "report_seconds", where
+        ),
         sip2=sip2,
         gate=gate,
     )

@@ -74,7 +74,9 @@ UID_FORMS: tuple[str, ...] = ("dec10_le", "dec10_le_last10", "dec_be", "hex", "h
 EM4100_FORMS: tuple[str, ...] = ("decimal10", "hex", "wiegand")
 
 #: The seed's virtual interlibrary card: school code, a serial, the application time.
-DEFAULT_VIRTUAL_CARD_PATTERN = r"(?P<school>[A-Z]{2,10})-(?P<serial>[0-9]{1,6})-(?P<applied>[0-9]{14})"
+DEFAULT_VIRTUAL_CARD_PATTERN = (
+    r"(?P<school>[A-Z]{2,10})-(?P<serial>[0-9]{1,6})-(?P<applied>[0-9]{14})"
+)
 #: Printed patron barcodes that are neither library numbers nor virtual cards: digits only.
 DEFAULT_BARCODE_PATTERNS: tuple[str, ...] = (r"[0-9]{8,14}",)
 
@@ -109,7 +111,9 @@ class TokenRules:
             compiled.append(_compile(pattern, "kiosk.barcode_patterns"))
         virtual = _compile(self.virtual_card_pattern, "kiosk.virtual_card_pattern")
         if "applied" not in virtual.groupindex:
-            raise ConfigError("kiosk.virtual_card_pattern needs a group (?P<applied>YYYYMMDDhhmmss)")
+            raise ConfigError(
+                "kiosk.virtual_card_pattern needs a group (?P<applied>YYYYMMDDhhmmss)"
+            )
         object.__setattr__(self, "_compiled", tuple(compiled))
         object.__setattr__(self, "_virtual", virtual)
 
@@ -155,8 +159,11 @@ class Token:
         return (self.kind.value, self.value)
 
     def to_event(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind.value, "source": self.source.value,
-                               "masked": self.masked}
+        out: dict[str, Any] = {
+            "kind": self.kind.value,
+            "source": self.source.value,
+            "masked": self.masked,
+        }
         if self.reader:
             out["reader"] = self.reader
         return out
@@ -197,16 +204,23 @@ def uid_value(uid: bytes, form: str) -> str:
 def from_record(number: LibraryNumber, uid: bytes | None, reader: str | None = None) -> Token:
     """A student card whose record sector held a valid library number."""
     return Token(
-        TokenKind.LIBRARY_NUMBER, TokenSource.CARD_RECORD, str(number),
-        uid_hex=uid.hex().upper() if uid else None, reader=reader,
+        TokenKind.LIBRARY_NUMBER,
+        TokenSource.CARD_RECORD,
+        str(number),
+        uid_hex=uid.hex().upper() if uid else None,
+        reader=reader,
     )
 
 
 def unreadable(problem: str, uid: bytes | None = None, reader: str | None = None) -> Token:
     """A read that identifies nobody (``problem`` is the stable reason code)."""
     return Token(
-        TokenKind.UNKNOWN, TokenSource.CHIP, "", uid_hex=uid.hex().upper() if uid else None,
-        reader=reader, problem=problem,
+        TokenKind.UNKNOWN,
+        TokenSource.CHIP,
+        "",
+        uid_hex=uid.hex().upper() if uid else None,
+        reader=reader,
+        problem=problem,
     )
 
 
@@ -221,8 +235,9 @@ def from_tap(data: Mapping[str, Any], rules: TokenRules) -> Token:
         em = data.get("em4100")
         if not isinstance(em, Mapping) or not isinstance(em.get(rules.em4100_form), str):
             raise InvalidInput(f"an EM4100 tap without its {rules.em4100_form!r} form")
-        return Token(TokenKind.EM4100, TokenSource.EM4100, str(em[rules.em4100_form]),
-                     reader=reader)
+        return Token(
+            TokenKind.EM4100, TokenSource.EM4100, str(em[rules.em4100_form]), reader=reader
+        )
     forms = data.get("uid")
     hex_uid = forms.get("hex") if isinstance(forms, Mapping) else None
     if not isinstance(hex_uid, str):
@@ -234,39 +249,51 @@ def from_tap(data: Mapping[str, Any], rules: TokenRules) -> Token:
     if data.get("randomUid") or is_random_uid(uid):
         # A random ID changes at every power-up: it cannot name anyone (contactless.md §1).
         return unreadable("random_uid", uid, reader)
-    return Token(TokenKind.UID, TokenSource.CHIP, uid_value(uid, rules.uid_form),
-                 uid_hex=uid.hex().upper(), reader=reader)
+    return Token(
+        TokenKind.UID,
+        TokenSource.CHIP,
+        uid_value(uid, rules.uid_form),
+        uid_hex=uid.hex().upper(),
+        reader=reader,
+    )
 
 
 def from_barcode(text: object, rules: TokenRules, reader: str | None = None) -> Token:
     """A scanned line: a library number, a virtual interlibrary card, a patron barcode, or
     ``unknown`` (which the kiosk refuses without asking the library system)."""
     if not isinstance(text, str):
-        return Token(TokenKind.UNKNOWN, TokenSource.BARCODE, "", reader=reader,
-                     problem="unknown_barcode")
+        return Token(
+            TokenKind.UNKNOWN, TokenSource.BARCODE, "", reader=reader, problem="unknown_barcode"
+        )
     folded = _fold(text)
     if not folded or len(folded) > MAX_BARCODE_LENGTH or not set(folded) <= _PRINTABLE:
-        return Token(TokenKind.UNKNOWN, TokenSource.BARCODE, "", reader=reader,
-                     problem="unknown_barcode")
+        return Token(
+            TokenKind.UNKNOWN, TokenSource.BARCODE, "", reader=reader, problem="unknown_barcode"
+        )
     if len(folded) == LIBRARY_NUMBER_LENGTH and folded[:1].isalpha():
         try:
             number = parse_library_number(folded)
         except InvalidInput:
             pass  # a 12-character code that is not a library number may still be a barcode
         else:
-            return Token(TokenKind.LIBRARY_NUMBER, TokenSource.BARCODE, str(number),
-                         reader=reader)
+            return Token(TokenKind.LIBRARY_NUMBER, TokenSource.BARCODE, str(number), reader=reader)
     m = rules._virtual.fullmatch(folded.upper())
     if m is not None:
         applied = _timestamp(m.group("applied"))
         if applied is not None:
-            return Token(TokenKind.VIRTUAL_CARD, TokenSource.BARCODE, folded.upper(),
-                         reader=reader, applied=applied)
+            return Token(
+                TokenKind.VIRTUAL_CARD,
+                TokenSource.BARCODE,
+                folded.upper(),
+                reader=reader,
+                applied=applied,
+            )
     for pattern in rules._compiled:
         if pattern.fullmatch(folded):
             return Token(TokenKind.BARCODE, TokenSource.BARCODE, folded, reader=reader)
-    return Token(TokenKind.UNKNOWN, TokenSource.BARCODE, folded, reader=reader,
-                 problem="unknown_barcode")
+    return Token(
+        TokenKind.UNKNOWN, TokenSource.BARCODE, folded, reader=reader, problem="unknown_barcode"
+    )
 
 
 def _timestamp(text: str) -> datetime | None:

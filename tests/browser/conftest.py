@@ -143,7 +143,9 @@ class World:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="session")
+# Package scope: the daemon watches the shared private pcscd; it must not outlive these tests
+# and read cards that other packages' tests insert.
+@pytest.fixture(scope="package")
 def world(tmp_path_factory, pcscd):
     from cardd.sim.cards.moica import MoicaGen1Card
     from cardd.sim.revocation_server import RevocationServer
@@ -231,7 +233,9 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running on this thread while it is
+# open, which would stop the asyncio tests of other packages; it closes when this package ends.
+@pytest.fixture(scope="package")
 def browser():
     if not Path(CHROMIUM).exists():
         reason = f"{CHROMIUM} not found (apt install chromium)"

@@ -51,16 +51,42 @@ def main() -> None:
     import json
 
     cert = (fixtures / "moica" / "sign.der").read_bytes()
-    _put("token", json.dumps({
-        "format": "cardd-moica:1",
-        "unverifiedCertificate": base64.b64encode(cert).decode(),
-        "algorithm": "RS256",
-        "signature": base64.b64encode(bytes(256)).decode(),
-        "appVersion": "https://cardd.example/1.0",
-    }).encode())
+    _put(
+        "token",
+        json.dumps(
+            {
+                "format": "cardd-moica:1",
+                "unverifiedCertificate": base64.b64encode(cert).decode(),
+                "algorithm": "RS256",
+                "signature": base64.b64encode(bytes(256)).decode(),
+                "appVersion": "https://cardd.example/1.0",
+            }
+        ).encode(),
+    )
     for text in ("A123456789", "A12345678901", "0412345678", "04:A2:3B:1C", "AB12CD34"):
         _put("numbers", text.encode())
     _put("config", (Path(__file__).parents[2] / "cardd.toml.sample").read_bytes())
+    from cardd.kiosk.sip2.messages import checksum
+
+    for body in (
+        "941AY0AZ",
+        "98YYYNYN60000320240105    0930002.00AOMAIN|AMLib|BXYYYYYYYYYYYYYYYY|AY1AZ",
+        "64              00020240105    093000000000000000000000000000AOMAIN|AA1234567890"
+        "|AE王小明|BLY|AFWelcome|AY2AZ",
+        "24Y   Y        00020240105    093000AOMAIN|AA1|AE|BLN|AY3AZ",
+        "36Y20240105    093000AOMAIN|AA1|AY4AZ",
+    ):
+        frame = body.encode() + checksum(body.encode()).encode() + b"\r"
+        _put("sip2", frame)
+    for k in range(6):
+        _put(
+            "framing",
+            bytes([k])
+            + b"\x020F0012AB34\x03"
+            + b"\x020A00B1C2D3\x03"
+            + b"\n0F0012AB34\r"
+            + b"A12345678900\r\n",
+        )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,21 @@ def test_corpus_input_is_handled(name: str, path: Path) -> None:
 def test_atheris_finds_no_crash(name: str) -> None:
     before = set((CORPUS / name).glob("crash-*"))
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.fuzz.run", name, f"-runs={RUNS}", "-max_len=1024",
-         "-timeout=10", "-rss_limit_mb=1024", "-print_final_stats=1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=880,
+        [
+            sys.executable,
+            "-m",
+            "tests.fuzz.run",
+            name,
+            f"-runs={RUNS}",
+            "-max_len=1024",
+            "-timeout=10",
+            "-rss_limit_mb=1024",
+            "-print_final_stats=1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=880,
     )
     new = set((CORPUS / name).glob("crash-*")) - before
     tail = "\n".join(proc.stderr.splitlines()[-25:])

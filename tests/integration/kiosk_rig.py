@@ -91,7 +91,9 @@ class KioskDaemon:
         self.log = open(self.tmp / "cardd.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cardd.cli.main", "--config", str(self.config), "kiosk"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
         while True:
@@ -125,7 +127,10 @@ class KioskDaemon:
         env = dict(os.environ, CARDD_STATE_DIR=str(self.state))
         return subprocess.run(
             [sys.executable, "-m", "cardd.cli.main", "--config", str(self.config), *args],
-            env=env, capture_output=True, text=True, timeout=30,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
 
 
@@ -139,7 +144,7 @@ class EventStream:
         self.seen: list[tuple[str, dict[str, Any]]] = []
 
     async def __aenter__(self) -> EventStream:
-        self.session = aiohttp.ClientSession()
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))  # a stream
         headers = {"Authorization": f"Bearer {self.daemon.token}"} if self.auth else {}
         self.resp = await self.session.get(self.daemon.url + self.path, headers=headers)
         assert self.resp.status == 200, await self.resp.text()

@@ -12,10 +12,10 @@ import time
 import pytest
 
 from cardd.readers.framing import PRESETS, encode_frame
+from cardd.readers.pcsc import PcscBackend
 from cardd.rfid.burn import StudentCards
 from cardd.rfid.keys import load_key_file
 from cardd.rfid.ledger import open_ledger
-from cardd.readers.pcsc import PcscBackend
 from cardd.sim.cards.mifare import MifareClassic
 from cardd.sim.sip2_server import Sip2TestServer
 from tests.helpers import READER0
@@ -38,6 +38,7 @@ from tests.serial_pty import PtyDevice
 pytestmark = pytest.mark.pcsc
 
 OLD_UID, NEW_UID = "04A1A2A3", "04B1B2B3"
+ON, OFF = bytes.fromhex("A00101A2"), bytes.fromhex("A00100A1")  # LCUS relay channel 1
 
 
 @pytest.fixture
@@ -80,7 +81,8 @@ async def test_every_token_kind_lost_card_alarm_debounce_and_anti_passback(
 ):
     rfid_pty, scanner_pty = PtyDevice(tmp_path / "rfid"), PtyDevice(tmp_path / "scanner")
     daemon = KioskDaemon(
-        tmp_path, sip2.port,
+        tmp_path,
+        sip2.port,
         kiosk="debounce_seconds = 2.0\nanti_passback_seconds = 600\n",
         extra=(
             f'[[serial.devices]]\nname = "gate-rfid"\nport = "{rfid_pty.link}"\n'
@@ -101,9 +103,16 @@ async def test_every_token_kind_lost_card_alarm_debounce_and_anti_passback(
             alarm = await events.next("kiosk.alarm")
             lift(vreaders)
             assert (lost["decision"], lost["reason"], lost["message"]) == (
-                "deny", "card_lost", "此卡已掛失，請洽櫃台")
-            assert lost["token"] == {"kind": "library_number", "source": "card_record",
-                                     "masked": "A12*****8900", "reader": READER0}
+                "deny",
+                "card_lost",
+                "此卡已掛失，請洽櫃台",
+            )
+            assert lost["token"] == {
+                "kind": "library_number",
+                "source": "card_record",
+                "masked": "A12*****8900",
+                "reader": READER0,
+            }
             assert alarm["reason"] == "card_lost" and alarm["token"]["masked"] == "A12*****8900"
 
             # The new card: its record is read with the key file and the library system is
@@ -112,7 +121,10 @@ async def test_every_token_kind_lost_card_alarm_debounce_and_anti_passback(
             new = await events.next("kiosk.decision")
             lift(vreaders)
             assert (new["decision"], new["reason"], new["token"]["masked"]) == (
-                "allow", "welcome", "A12*****8901")
+                "allow",
+                "welcome",
+                "A12*****8901",
+            )
             assert new["ms"]["record"] is not None and new["ms"]["library"] is not None
             asked = [m.get("AA") for m in sip2.messages("63")]
             assert asked == [PERSON + "01"]
@@ -122,7 +134,10 @@ async def test_every_token_kind_lost_card_alarm_debounce_and_anti_passback(
             welcome = await events.next("kiosk.decision")
             lift(vreaders)
             assert (welcome["decision"], welcome["token"]["kind"], welcome["screenMessage"]) == (
-                "allow", "uid", "請於 11/20 前歸還圖書")
+                "allow",
+                "uid",
+                "請於 11/20 前歸還圖書",
+            )
             assert welcome["token"]["masked"] == "******8099"
             decided_at = time.monotonic()
 
@@ -133,7 +148,10 @@ async def test_every_token_kind_lost_card_alarm_debounce_and_anti_passback(
             em = await events.next("kiosk.decision")
             lift(vreaders)
             assert (em["decision"], em["token"]["kind"], em["token"]["reader"]) == (
-                "allow", "em4100", "gate-rfid")
+                "allow",
+                "em4100",
+                "gate-rfid",
+            )
             assert sip2.messages("63")[-1].get("AA") == EM4100_DEC
 
             # Barcodes: a virtual interlibrary card (seed 003), a junk code, and the old
@@ -154,7 +172,10 @@ async def test_every_token_kind_lost_card_alarm_debounce_and_anti_passback(
             again = await events.next("kiosk.decision")
             lift(vreaders)
             assert (again["decision"], again["reason"], again["message"]) == (
-                "deny", "already_in", "已在館內")
+                "deny",
+                "already_in",
+                "已在館內",
+            )
             decisions = [d for k, d in events.seen if k == "kiosk.decision"]
             assert len(decisions) == 8  # the debounced tap made none
     finally:
@@ -166,45 +187,78 @@ async def test_every_token_kind_lost_card_alarm_debounce_and_anti_passback(
     out = daemon.cli("kiosk", "log", "-n", "20", "--json")
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["reason"] for r in rows] == [
-        "card_lost", "welcome", "welcome", "welcome", "welcome", "unknown_barcode",
-        "card_lost", "already_in"]
+        "card_lost",
+        "welcome",
+        "welcome",
+        "welcome",
+        "welcome",
+        "unknown_barcode",
+        "card_lost",
+        "already_in",
+    ]
     assert PERSON not in out.stdout and EASYCARD_CHIP not in out.stdout
 
 
 async def test_fail_closed_denies_offline_and_reports_after_recovery(
     pcscd, vreaders, sip2, tmp_path
 ):
+    relay = PtyDevice(tmp_path / "relay")  # an LCUS USB relay board, played on a pty
+    relay.start_reading()
     daemon = KioskDaemon(
-        tmp_path, sip2.port, kiosk="anti_passback_seconds = 0\ndebounce_seconds = 0\n"
+        tmp_path,
+        sip2.port,
+        kiosk="anti_passback_seconds = 0\ndebounce_seconds = 0\n",
+        extra=f'[kiosk.gate]\nport = "{relay.link}"\npulse = 0.2\n',
     ).start()
     try:
         async with EventStream(daemon) as events:
+            assert relay.wait_received(OFF) == OFF  # switched off at start
             tap(vreaders, easycard())
             first = await events.next("kiosk.decision")
             lift(vreaders)
             assert (first["decision"], first["offline"]) == ("allow", False)
+            # the allow pulsed the gate: on, then off
+            assert relay.wait_received(OFF + ON + OFF) == OFF + ON + OFF
 
             await sip2.stop()  # the library system goes away
             tap(vreaders, easycard())
             off = await events.next("kiosk.decision")
             lift(vreaders)
             assert (off["decision"], off["reason"], off["offline"], off["message"]) == (
-                "deny", "library_offline", True, "系統離線中，請洽櫃台")
+                "deny",
+                "library_offline",
+                True,
+                "系統離線中，請洽櫃台",
+            )
             status = await events.next("kiosk.status")
-            assert status == {"libraryOnline": False, "queued": 1, "type": "kiosk.status",
-                              "seq": status["seq"], "time": status["time"]}
+            assert status == {
+                "libraryOnline": False,
+                "queued": 1,
+                "type": "kiosk.status",
+                "seq": status["seq"],
+                "time": status["time"],
+            }
 
             await sip2.start()  # back on the same port
             report = await events.next("kiosk.offline_report", timeout=20)
             assert (report["count"], report["remaining"], report["admittedButWouldDeny"]) == (
-                1, 0, 0)
+                1,
+                0,
+                0,
+            )
             [entry] = report["entries"]
-            assert (entry["decision"], entry["reason"], entry["onlineDecision"],
-                    entry["masked"]) == ("deny", "library_offline", "allow", "******8099")
+            assert (
+                entry["decision"],
+                entry["reason"],
+                entry["onlineDecision"],
+                entry["masked"],
+            ) == ("deny", "library_offline", "allow", "******8099")
+            assert relay.received == OFF + ON + OFF  # the offline refusal left the gate shut
             # the page's offline notice went away with the library system's return
             assert ("kiosk.status", True) in [(k, d.get("libraryOnline")) for k, d in events.seen]
     finally:
         assert daemon.stop() == 0, daemon.log_text()
+        relay.unplug()
     queue = json.loads(daemon.cli("kiosk", "queue", "--json").stdout)
     assert queue["waiting"] == [] and queue["reported"][0]["verdict"] == "allow"
     assert EASYCARD_CHIP not in json.dumps(queue)
@@ -214,9 +268,10 @@ async def test_cache_admits_a_recent_patron_and_refuses_an_unknown_one(
     pcscd, vreaders, sip2, tmp_path
 ):
     daemon = KioskDaemon(
-        tmp_path, sip2.port,
+        tmp_path,
+        sip2.port,
         kiosk='offline_mode = "cache"\ncache_hours = 24\nanti_passback_seconds = 0\n'
-              "debounce_seconds = 0\n",
+        "debounce_seconds = 0\n",
     ).start()
     try:
         async with EventStream(daemon) as events:
@@ -228,8 +283,12 @@ async def test_cache_admits_a_recent_patron_and_refuses_an_unknown_one(
             tap(vreaders, easycard())
             cached = await events.next("kiosk.decision")
             lift(vreaders)
-            assert (cached["decision"], cached["reason"], cached["offline"], cached["message"]) \
-                == ("allow", "offline_cached", True, "歡迎光臨（系統離線）")
+            assert (cached["decision"], cached["reason"], cached["offline"], cached["message"]) == (
+                "allow",
+                "offline_cached",
+                True,
+                "歡迎光臨（系統離線）",
+            )
             tap(vreaders, uid_card("04D1D2D3"))  # never admitted online: never admitted now
             unknown = await events.next("kiosk.decision")
             lift(vreaders)
@@ -237,10 +296,10 @@ async def test_cache_admits_a_recent_patron_and_refuses_an_unknown_one(
 
             await sip2.start()
             report = await events.next("kiosk.offline_report", timeout=20)
-            verdicts = [(e["decision"], e["onlineDecision"], e["onlineReason"])
-                        for e in report["entries"]]
-            assert verdicts == [("allow", "allow", "welcome"),
-                                ("deny", "deny", "patron_unknown")]
+            verdicts = [
+                (e["decision"], e["onlineDecision"], e["onlineReason"]) for e in report["entries"]
+            ]
+            assert verdicts == [("allow", "allow", "welcome"), ("deny", "deny", "patron_unknown")]
             assert report["admittedButWouldDeny"] == 0
     finally:
         assert daemon.stop() == 0, daemon.log_text()

@@ -18,8 +18,14 @@ pytestmark = pytest.mark.pcsc
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -36,13 +42,15 @@ async def browser():
             await b.close()
 
 
-async def test_kiosk_page_shows_decisions_and_the_offline_notice(pcscd, vreaders, tmp_path,
-                                                                  browser):
+async def test_kiosk_page_shows_decisions_and_the_offline_notice(
+    pcscd, vreaders, tmp_path, browser
+):
     sip2 = Sip2TestServer(patrons(), accounts={"kiosk": "secret"}, institution="MAIN")
     await sip2.start()
     daemon = KioskDaemon(
-        tmp_path, sip2.port, kiosk="anti_passback_seconds = 0\ndebounce_seconds = 0\n"
-                                   "display_seconds = 60\n",
+        tmp_path,
+        sip2.port,
+        kiosk="anti_passback_seconds = 0\ndebounce_seconds = 0\ndisplay_seconds = 60\n",
     ).start()
     ARTIFACTS.mkdir(exist_ok=True)
     try:
@@ -73,7 +81,8 @@ async def test_kiosk_page_shows_decisions_and_the_offline_notice(pcscd, vreaders
         await page.wait_for_selector('body[data-library="offline"]', timeout=15000)
         await page.wait_for_function(
             "document.getElementById('message').textContent === '系統離線中，請洽櫃台'",
-            timeout=15000)
+            timeout=15000,
+        )
         lift(vreaders)
         assert await page.is_visible("#offline")
         await page.screenshot(path=str(ARTIFACTS / "kiosk_offline.png"))
@@ -82,8 +91,7 @@ async def test_kiosk_page_shows_decisions_and_the_offline_notice(pcscd, vreaders
         # The page's public stream is the only thing it gets: the full event stream and the
         # reader list stay closed to it (a browser request without a token).
         for path in ("/v1/events", "/v1/readers"):
-            status = await page.evaluate(
-                "async (p) => (await fetch(p)).status", path)
+            status = await page.evaluate("async (p) => (await fetch(p)).status", path)
             assert status in (401, 403), path
     finally:
         assert daemon.stop() == 0, daemon.log_text()

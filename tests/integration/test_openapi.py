@@ -17,8 +17,8 @@ from cardd.config import parse_config
 from tests.helpers import READER0, READER1, fixture_card, wait_card
 from tests.integration.test_api_security import FULL, Daemon
 
-#: examples per operation; ~13 operations, all within 2 minutes on the shared 2-core machine
-EXAMPLES = 25
+#: examples per operation and mode; ~16 operations, about a minute on the shared 2-core machine
+EXAMPLES = 15
 
 
 def build_app(tmp_path, raw: dict):

@@ -12,12 +12,19 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from cardd.errors import LedgerUnavailable, LibrarySystemUnavailable
+from cardd.errors import InvalidInput, LedgerUnavailable, LibrarySystemUnavailable
 from cardd.kiosk.decide import REASONS, Decider, online_verdict
 from cardd.kiosk.offline import KioskStore
 from cardd.kiosk.patron import PatronStatus
 from cardd.kiosk.settings import KioskPolicy
-from cardd.kiosk.tokens import TokenKind, TokenRules, from_barcode, from_record, from_tap, unreadable
+from cardd.kiosk.tokens import (
+    TokenKind,
+    TokenRules,
+    from_barcode,
+    from_record,
+    from_tap,
+    unreadable,
+)
 from cardd.rfid.idnumber import parse_library_number
 from cardd.rfid.ledger import NumberRecord, NumberState
 from cardd.rfid.uid import uid_forms
@@ -37,10 +44,13 @@ class Library:
 
     async def patron_status(self, patron_id: str) -> PatronStatus:
         self.asked.append(patron_id)
+        if "|" in patron_id:
+            raise InvalidInput("a patron id cannot contain |")
         if self.down:
             raise LibrarySystemUnavailable("connection refused")
         return self.patrons.get(patron_id) or PatronStatus.from_status_field(
-            patron_id, "YYYY" + " " * 10, valid=False)
+            patron_id, "YYYY" + " " * 10, valid=False
+        )
 
 
 class Ledger:
@@ -64,8 +74,9 @@ class Ledger:
 
 
 def patron(pid: str, status: str = " " * 14, af: str = "", valid: bool = True) -> PatronStatus:
-    return PatronStatus.from_status_field(pid, status, valid=valid, personal_name="X",
-                                          screen_message=af)
+    return PatronStatus.from_status_field(
+        pid, status, valid=valid, personal_name="X", screen_message=af
+    )
 
 
 class Clock:
@@ -85,9 +96,15 @@ def store(tmp_path):
 
 def make(store, library=None, ledger=None, **policy) -> tuple[Decider, Clock]:
     clock = Clock()
-    d = Decider(KioskPolicy(**policy), RULES, store, patrons=library,
-                ledger=(lambda: ledger) if ledger is not None else None, clock=clock,
-                today=lambda: date(2013, 11, 8))
+    d = Decider(
+        KioskPolicy(**policy),
+        RULES,
+        store,
+        patrons=library,
+        ledger=(lambda: ledger) if ledger is not None else None,
+        clock=clock,
+        today=lambda: date(2013, 11, 8),
+    )
     return d, clock
 
 
@@ -109,17 +126,24 @@ async def test_known_patron_welcome_with_screen_message(store):
     d, _ = make(store, lib)
     out = await d.decide(uid_token())
     assert (out.allow, out.reason, out.screen_message, out.offline) == (
-        True, "welcome", "Books due tomorrow", False)
+        True,
+        "welcome",
+        "Books due tomorrow",
+        False,
+    )
     assert out.to_event()["message"] == "歡迎光臨" and lib.asked == ["3224478099"]
     assert d.library_online is True
 
 
-@pytest.mark.parametrize(("status", "valid", "reason", "alarm"), [
-    ("    Y" + " " * 9, True, "card_lost", True),
-    ("YYYY" + " " * 10, False, "patron_unknown", False),
-    (" " * 14, None, "patron_unknown", False),  # no BL field: not a valid patron
-    ("Y" + " " * 13, True, "welcome", False),  # charge denied admitted by default
-])
+@pytest.mark.parametrize(
+    ("status", "valid", "reason", "alarm"),
+    [
+        ("    Y" + " " * 9, True, "card_lost", True),
+        ("YYYY" + " " * 10, False, "patron_unknown", False),
+        (" " * 14, None, "patron_unknown", False),  # no BL field: not a valid patron
+        ("Y" + " " * 13, True, "welcome", False),  # charge denied admitted by default
+    ],
+)
 async def test_library_answers(store, status, valid, reason, alarm):
     lib = Library({"3224478099": patron("3224478099", status, valid=valid)})
     d, _ = make(store, lib)
@@ -136,18 +160,24 @@ async def test_charge_denied_refused_when_the_site_says_so(store):
 
 async def test_superseded_student_card_is_lost_with_alarm_and_library_not_asked(store):
     lib = Library({})
-    ledger = Ledger((PERSON + "00", NumberState.SUPERSEDED, CHIP),
-                    (PERSON + "01", NumberState.ACTIVE, "04112233"))
+    ledger = Ledger(
+        (PERSON + "00", NumberState.SUPERSEDED, CHIP),
+        (PERSON + "01", NumberState.ACTIVE, "04112233"),
+    )
     d, _ = make(store, lib, ledger)
     out = await d.decide(card(PERSON + "00"))
     assert (out.allow, out.reason, out.alarm) == (False, "card_lost", True)
     assert out.to_event()["message"] == "此卡已掛失，請洽櫃台" and lib.asked == []
 
 
-@pytest.mark.parametrize(("state", "reason"), [
-    (NumberState.LOST, "card_lost"), (NumberState.PENDING, "card_not_active"),
-    (NumberState.VOID, "card_not_active"),
-])
+@pytest.mark.parametrize(
+    ("state", "reason"),
+    [
+        (NumberState.LOST, "card_lost"),
+        (NumberState.PENDING, "card_not_active"),
+        (NumberState.VOID, "card_not_active"),
+    ],
+)
 async def test_ledger_states_refused(store, state, reason):
     d, _ = make(store, Library({}), Ledger((PERSON + "00", state, CHIP)))
     assert (await d.decide(card(PERSON + "00"))).reason == reason
@@ -163,8 +193,10 @@ async def test_active_card_is_asked_about_by_its_number(store):
 async def test_uid_bound_in_the_ledger_stands_for_the_student_card(store):
     """A kiosk without the key file: the tapped UID finds the card's number in the ledger."""
     lib = Library({PERSON + "01": patron(PERSON + "01")})
-    ledger = Ledger((PERSON + "00", NumberState.SUPERSEDED, CHIP),
-                    (PERSON + "01", NumberState.ACTIVE, "04112233"))
+    ledger = Ledger(
+        (PERSON + "00", NumberState.SUPERSEDED, CHIP),
+        (PERSON + "01", NumberState.ACTIVE, "04112233"),
+    )
     d, _ = make(store, lib, ledger)
     old = await d.decide(uid_token(CHIP))
     assert (old.reason, old.alarm) == ("card_lost", True)
@@ -251,7 +283,11 @@ async def test_fail_closed_denies_and_queues(store):
     assert d.library_online is False
     [queued] = store.unreported()
     assert (queued.patron, queued.decision, queued.reason, queued.masked) == (
-        "3224478099", "deny", "library_offline", "******8099")
+        "3224478099",
+        "deny",
+        "library_offline",
+        "******8099",
+    )
 
 
 async def test_cache_admits_recent_online_grants_only(store):
@@ -269,7 +305,10 @@ async def test_cache_admits_recent_online_grants_only(store):
     clock.t += 24 * 3600  # the grant is older than the window now
     assert (await d.decide(uid_token())).reason == "offline_unknown"
     assert [q.reason for q in store.unreported()] == [
-        "offline_cached", "offline_unknown", "offline_unknown"]
+        "offline_cached",
+        "offline_unknown",
+        "offline_unknown",
+    ]
 
 
 async def test_open_mode_admits_everyone_offline(store):
@@ -288,8 +327,13 @@ def test_online_verdict_is_what_the_report_uses():
 
 
 def test_store_forgets_the_patron_once_reported(store):
-    entry = store.queue(patron="3224478099", kind="uid", masked="******8099", decision="allow",
-                        reason="offline_cached")
+    entry = store.queue(
+        patron="3224478099",
+        kind="uid",
+        masked="******8099",
+        decision="allow",
+        reason="offline_cached",
+    )
     store.mark_reported(entry, "deny", "card_lost")
     assert store.unreported() == [] and store.unreported_count() == 0
     [row] = store.reported()
@@ -303,3 +347,16 @@ def test_store_files_are_private(tmp_path):
     assert (tmp_path / "kiosk.sqlite3").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "kiosk.key").stat().st_mode & 0o777 == 0o600
     assert b"3224478099" not in (tmp_path / "kiosk.sqlite3").read_bytes()
+
+
+async def test_an_identifier_the_library_system_cannot_take_is_refused_not_offline(store):
+    rules = TokenRules(barcode_patterns=(r"P[0-9|]+",))
+    d, _ = make(store, Library({}))
+    out = await d.decide(from_barcode("P12|34", rules))
+    assert (out.allow, out.reason, out.offline, out.detail) == (
+        False,
+        "patron_unknown",
+        False,
+        "invalid_input",
+    )
+    assert d.library_online is None and store.unreported() == []

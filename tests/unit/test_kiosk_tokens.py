@@ -32,18 +32,25 @@ def tap(uid_hex: str, **extra):
 def test_easycard_uid_is_the_little_endian_chip_number_by_default():
     t = from_tap(tap("93A131C0"), RULES)
     assert (t.kind, t.source, t.value, t.uid_hex) == (
-        TokenKind.UID, TokenSource.CHIP, "3224478099", "93A131C0")
+        TokenKind.UID,
+        TokenSource.CHIP,
+        "3224478099",
+        "93A131C0",
+    )
     assert t.masked == "******8099" and "3224478099" not in repr(t)
 
 
-@pytest.mark.parametrize(("form", "uid", "expected"), [
-    ("dec10_le", "01020300", "0000197121"),
-    ("dec_be", "93A131C0", "2476814784"),
-    ("hex", "93A131C0", "93A131C0"),
-    ("hex_reversed", "93A131C0", "C031A193"),
-    ("dec10_le", "04A1B2C3D4E5F6", "69495546249912580"),
-    ("dec10_le_last10", "04A1B2C3D4E5F6", "6249912580"),
-])
+@pytest.mark.parametrize(
+    ("form", "uid", "expected"),
+    [
+        ("dec10_le", "01020300", "0000197121"),
+        ("dec_be", "93A131C0", "2476814784"),
+        ("hex", "93A131C0", "93A131C0"),
+        ("hex_reversed", "93A131C0", "C031A193"),
+        ("dec10_le", "04A1B2C3D4E5F6", "69495546249912580"),
+        ("dec10_le_last10", "04A1B2C3D4E5F6", "6249912580"),
+    ],
+)
 def test_uid_forms_a_site_can_choose(form, uid, expected):
     assert uid_value(bytes.fromhex(uid), form) == expected
     assert from_tap(tap(uid), TokenRules(uid_form=form)).value == expected
@@ -56,8 +63,11 @@ def test_random_uid_identifies_nobody():
 
 
 def test_em4100_tap_uses_the_configured_form():
-    data = {"kind": "em4100", "reader": "rdm",
-            "em4100": {"hex": "0F00A1B2C3", "decimal10": "0010597059", "wiegand": "161,45763"}}
+    data = {
+        "kind": "em4100",
+        "reader": "rdm",
+        "em4100": {"hex": "0F00A1B2C3", "decimal10": "0010597059", "wiegand": "161,45763"},
+    }
     assert from_tap(data, RULES).value == "0010597059"
     t = from_tap(data, TokenRules(em4100_form="wiegand"))
     assert (t.kind, t.value, t.masked) == (TokenKind.EM4100, "161,45763", "*****5763")
@@ -72,24 +82,35 @@ def test_malformed_tap_events_are_refused(bad):
 def test_record_token_masks_the_national_id():
     t = from_record(parse_library_number(NUMBER), bytes.fromhex("93A131C0"), "R")
     assert (t.kind, t.source, t.value, t.uid_hex) == (
-        TokenKind.LIBRARY_NUMBER, TokenSource.CARD_RECORD, NUMBER, "93A131C0")
+        TokenKind.LIBRARY_NUMBER,
+        TokenSource.CARD_RECORD,
+        NUMBER,
+        "93A131C0",
+    )
     assert t.masked == "A12*****8901"
-    assert t.to_event() == {"kind": "library_number", "source": "card_record",
-                            "masked": "A12*****8901", "reader": "R"}
+    assert t.to_event() == {
+        "kind": "library_number",
+        "source": "card_record",
+        "masked": "A12*****8901",
+        "reader": "R",
+    }
 
 
-@pytest.mark.parametrize(("text", "kind", "value"), [
-    (NUMBER, TokenKind.LIBRARY_NUMBER, NUMBER),
-    (" a12345678901\r", TokenKind.LIBRARY_NUMBER, NUMBER),        # case, whitespace
-    ("Ａ１２３４５６７８９０１", TokenKind.LIBRARY_NUMBER, NUMBER),  # full-width IME input
-    ("CUTE-1-20131107112934", TokenKind.VIRTUAL_CARD, "CUTE-1-20131107112934"),
-    ("cute-1-20131107112934", TokenKind.VIRTUAL_CARD, "CUTE-1-20131107112934"),
-    ("0123456789", TokenKind.BARCODE, "0123456789"),
-    ("A12345678801", TokenKind.UNKNOWN, "A12345678801"),   # checksum wrong: not a number
-    ("A123456789", TokenKind.UNKNOWN, "A123456789"),       # a bare ID number is not a card
-    ("CUTE-1-20131399112934", TokenKind.UNKNOWN, "CUTE-1-20131399112934"),  # month 13
-    ("hello", TokenKind.UNKNOWN, "hello"),
-])
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        (NUMBER, TokenKind.LIBRARY_NUMBER, NUMBER),
+        (" a12345678901\r", TokenKind.LIBRARY_NUMBER, NUMBER),  # case, whitespace
+        ("Ａ１２３４５６７８９０１", TokenKind.LIBRARY_NUMBER, NUMBER),  # full-width IME input
+        ("CUTE-1-20131107112934", TokenKind.VIRTUAL_CARD, "CUTE-1-20131107112934"),
+        ("cute-1-20131107112934", TokenKind.VIRTUAL_CARD, "CUTE-1-20131107112934"),
+        ("0123456789", TokenKind.BARCODE, "0123456789"),
+        ("A12345678801", TokenKind.UNKNOWN, "A12345678801"),  # checksum wrong: not a number
+        ("A123456789", TokenKind.UNKNOWN, "A123456789"),  # a bare ID number is not a card
+        ("CUTE-1-20131399112934", TokenKind.UNKNOWN, "CUTE-1-20131399112934"),  # month 13
+        ("hello", TokenKind.UNKNOWN, "hello"),
+    ],
+)
 def test_barcodes(text, kind, value):
     t = from_barcode(text, RULES, "scanner")
     assert (t.kind, t.value, t.source, t.reader) == (kind, value, TokenSource.BARCODE, "scanner")
@@ -121,10 +142,16 @@ def test_virtual_card_validity_follows_the_seed_example():
     assert not virtual_card_valid(t, date(2013, 11, 6), 3)  # not yet applied for
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"uid_form": "decimal"}, {"em4100_form": "dec"}, {"barcode_patterns": ("[",)},
-    {"virtual_card_pattern": "[A-Z]+"}, {"virtual_card_days": -1},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"uid_form": "decimal"},
+        {"em4100_form": "dec"},
+        {"barcode_patterns": ("[",)},
+        {"virtual_card_pattern": "[A-Z]+"},
+        {"virtual_card_days": -1},
+    ],
+)
 def test_bad_rules_are_refused(kwargs):
     with pytest.raises(ConfigError):
         TokenRules(**kwargs)
