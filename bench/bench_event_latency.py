@@ -2,8 +2,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """Card event latency: a `cardd serve` SSE client vs a raw SCardGetStatusChange waiter, same event.
 
-Each cycle inserts a virtual card (easycard_4b.json) into vpcd slot 0, then removes it. Two
-observers in THIS process see every change:
+Each cycle inserts a virtual card (easycard_4b.json) into vpcd slot 0, then removes it. The
+card runs in a `cardd sim serve` subprocess (``--sim process``, the default): the daemon reads
+every contactless card's UID right after the insert, and a card simulated inside this process
+would answer those APDUs on this interpreter's GIL, charging the simulated card's CPU to the
+SSE client being timed (``--sim in-process`` shows that effect). Two observers in THIS process
+see every change:
 
 * raw: a thread blocked in ``SCardGetStatusChange(INFINITE)`` on its own PC/SC context;
 * cardd: an SSE client (aiohttp) on ``/v1/events`` of a `cardd serve` subprocess that shares
@@ -26,6 +30,7 @@ import asyncio
 import gc
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -170,8 +175,12 @@ async def run(args: argparse.Namespace, env: C.Env, daemon: C.Daemon) -> dict:
         if not w.ready.wait(5):
             raise RuntimeError("raw waiter did not start")
 
-    slot = env.vreaders[0]
-    card = C.load_card(args.card)
+    if args.sim == "process":
+        slot = SimProcessSlot(env)
+        card = C.FIXTURES / args.card
+    else:
+        slot = env.vreaders[0]
+        card = C.load_card(args.card)
     rows: dict[str, list[dict]] = {"insert": [], "remove": []}
     timeouts = 0
     mismatches = 0
@@ -230,7 +239,55 @@ async def run(args: argparse.Namespace, env: C.Env, daemon: C.Daemon) -> dict:
             task.cancel()
     waiter.stop()
     waiter2.stop()
+    if isinstance(slot, SimProcessSlot):
+        slot.stop()
     return {"rows": rows, "timeouts": timeouts, "mismatches": mismatches}
+
+
+class SimProcessSlot:
+    """Slot 0 of a `cardd sim serve` subprocess, driven over its control socket.
+
+    The virtual card answers the daemon's APDUs (the UID read after every contactless insert).
+    In-process, that Python work shares this process's GIL with the SSE client and the raw
+    waiters, so the measurement would charge the *simulated card's* CPU to cardd. A real card
+    is firmware on the reader, so the card runs in its own process here (``--sim process``).
+    """
+
+    def __init__(self, env: C.Env) -> None:
+        from cardd.sim.control import request
+
+        self._request = request
+        self.sock = env.tmp / "sim.sock"
+        self.log = open(env.tmp / "sim.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cardd.cli.main", "sim", "--control", str(self.sock), "serve",
+             "--port", str(env.pcscd.vpcd_port), "--slots", "2"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while not self.sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((env.tmp / "sim.log").read_text())
+            time.sleep(0.05)
+        self._request(self.sock, {"cmd": "status"})
+
+    def insert(self, card_path: Path) -> None:
+        answer = self._request(self.sock, {"cmd": "insert", "slot": 0, "card": str(card_path)})
+        if not answer.get("ok"):
+            raise RuntimeError(answer)
+
+    def remove(self) -> None:
+        answer = self._request(self.sock, {"cmd": "remove", "slot": 0})
+        if not answer.get("ok"):
+            raise RuntimeError(answer)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
 
 
 async def _drain(*queues: asyncio.Queue) -> None:
@@ -251,6 +308,9 @@ def main() -> int:
     ap.add_argument("--trace-gc", action="store_true",
                     help="start the daemon through bench/_gc_trace_cardd.py (logs its garbage "
                          "collections) and attribute outliers to them")
+    ap.add_argument("--sim", choices=("process", "in-process"), default="process",
+                    help="where the virtual card runs: its own process (default; as a real card "
+                    "runs on the reader, not in the measuring interpreter) or this process")
     ap.add_argument("--rt", type=int, metavar="PRIO", default=0,
                     help="diagnostic: run pcscd, the daemon and this process SCHED_FIFO at PRIO "
                          "(1-99), shielding the measurement from other load on the machine")
