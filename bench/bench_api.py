@@ -74,8 +74,10 @@ async def sse_client(url: str, token: str, n: int, out_file: str) -> None:
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     parts = urlsplit(url)
-    request = (f"GET /v1/events HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-               f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n").encode()
+    request = (
+        f"GET /v1/events HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    ).encode()
     all_ready = asyncio.Event()
     ready = [0]
 
@@ -114,8 +116,14 @@ async def sse_client(url: str, token: str, n: int, out_file: str) -> None:
                 seq = int(m.group(1))
                 arrivals.setdefault(seq, []).append(t)
                 kinds[seq] = m.group(2).decode()
-    Path(out_file).write_text(json.dumps({"arrivals": {str(k): v for k, v in arrivals.items()},
-                                          "kinds": {str(k): v for k, v in kinds.items()}}))
+    Path(out_file).write_text(
+        json.dumps(
+            {
+                "arrivals": {str(k): v for k, v in arrivals.items()},
+                "kinds": {str(k): v for k, v in kinds.items()},
+            }
+        )
+    )
 
 
 # -- cardd ------------------------------------------------------------------------------------
@@ -130,13 +138,19 @@ class Cardd:
         config = workdir / "cardd.toml"
         # The per-origin limit is raised for the load test only: 64 connections of one origin
         # are a load generator, not a browser (which opens 6).
-        config.write_text(f'[api]\nport = {self.port}\nmax_connections_per_origin = 256\n'
-                          f'[api.origins."{ORIGIN}"]\nscopes = ["readers"]\n')
+        config.write_text(
+            f"[api]\nport = {self.port}\nmax_connections_per_origin = 256\n"
+            f'[api.origins."{ORIGIN}"]\nscopes = ["readers"]\n'
+        )
         env = dict(os.environ, CARDD_STATE_DIR=str(self.state))
         env.pop("CARDD_CONFIG", None)
         self.log = open(workdir / "cardd.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([str(C.CARDD_SCRIPT), "--config", str(config), "serve"],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [str(C.CARDD_SCRIPT), "--config", str(config), "serve"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         wait_port(self.port, self.proc)
         self.token = (self.state / "token").read_text().strip()
 
@@ -180,15 +194,23 @@ def wrk(url: str, headers: dict[str, str], seconds: int, connections: int) -> di
         lat[q] = float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"],
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": errors.group(1) if errors else ""}
+    return {
+        "rps": rps,
+        "p50_ms": lat["50"],
+        "p99_ms": lat["99"],
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
 
 
-def bench_readers(cardd: Cardd, tmp: Path, seconds: int, rounds: int, connections: int) -> dict[str, Any]:
+def bench_readers(
+    cardd: Cardd, tmp: Path, seconds: int, rounds: int, connections: int
+) -> dict[str, Any]:
     import urllib.request
 
-    req = urllib.request.Request(cardd.url + "/v1/readers", headers={"Authorization": f"Bearer {cardd.token}"})
+    req = urllib.request.Request(
+        cardd.url + "/v1/readers", headers={"Authorization": f"Bearer {cardd.token}"}
+    )
     with urllib.request.urlopen(req) as r:  # noqa: S310 - loopback
         body = r.read()
     body_file = tmp / "readers.json"
@@ -209,21 +231,28 @@ def bench_readers(cardd: Cardd, tmp: Path, seconds: int, rounds: int, connection
             for name, (url, headers) in targets.items():
                 res = wrk(url, headers, seconds, connections)
                 runs[name].append(res)
-                print(f"  round {i + 1} {name:13s} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:6.2f} ms  "
-                      f"p99 {res['p99_ms']:6.2f} ms  non-2xx {res['non_2xx']} {res['socket_errors']}",
-                      flush=True)
+                print(
+                    f"  round {i + 1} {name:13s} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:6.2f} ms  "
+                    f"p99 {res['p99_ms']:6.2f} ms  non-2xx {res['non_2xx']} {res['socket_errors']}",
+                    flush=True,
+                )
     finally:
         bare.terminate()
         bare.wait(10)
-    result: dict[str, Any] = {"connections": connections, "seconds": seconds, "rounds": rounds,
-                              "runs": runs}
+    result: dict[str, Any] = {
+        "connections": connections,
+        "seconds": seconds,
+        "rounds": rounds,
+        "runs": runs,
+    }
     for name in ("cardd_token", "cardd_origin"):
         ratios = sorted(c["rps"] / b["rps"] for c, b in zip(runs[name], runs["bare"], strict=True))
         result[f"{name}_ratio_median"] = C.quantile(ratios, 0.5)
         result[f"{name}_ratios"] = ratios
     for name, rs in runs.items():
-        result[f"{name}_median"] = {k: C.quantile(sorted(r[k] for r in rs), 0.5)
-                                    for k in ("rps", "p50_ms", "p99_ms")}
+        result[f"{name}_median"] = {
+            k: C.quantile(sorted(r[k] for r in rs), 0.5) for k in ("rps", "p50_ms", "p99_ms")
+        }
     return result
 
 
@@ -237,8 +266,19 @@ def bench_fanout(env: C.Env, cardd: Cardd, tmp: Path, cycles: int) -> dict[str, 
     time.sleep(1.0)
     rss_before = proc.memory_info().rss
     out_file = tmp / "sse.json"
-    client = subprocess.Popen([sys.executable, __file__, "--sse-client", cardd.url, cardd.token,
-                               str(SUBSCRIBERS), str(out_file)], stdout=subprocess.PIPE, text=True)
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--sse-client",
+            cardd.url,
+            cardd.token,
+            str(SUBSCRIBERS),
+            str(out_file),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert client.stdout is not None
     line = client.stdout.readline()
     if line.strip() != "ready":
@@ -289,8 +329,13 @@ def main() -> int:
     p.add_argument("--seconds", type=int, default=5, help="wrk duration per run (default 5)")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--cycles", type=int, default=30, help="insert/remove cycles for the SSE part "
-                   "(each gives 3 events: inserted, tapped, removed; default 30 = 90 events)")
+    p.add_argument(
+        "--cycles",
+        type=int,
+        default=30,
+        help="insert/remove cycles for the SSE part "
+        "(each gives 3 events: inserted, tapped, removed; default 30 = 90 events)",
+    )
     args = p.parse_args()
 
     env = C.Env()
@@ -298,35 +343,51 @@ def main() -> int:
     tmp = env.tmp / "api"
     cardd = Cardd(tmp)
     try:
-        print(f"GET /v1/readers, {args.connections} connections, wrk -t1, {args.rounds} rounds of "
-              f"{args.seconds} s each")
+        print(
+            f"GET /v1/readers, {args.connections} connections, wrk -t1, {args.rounds} rounds of "
+            f"{args.seconds} s each"
+        )
         readers = bench_readers(cardd, tmp, args.seconds, args.rounds, args.connections)
         print(f"\nSSE fan-out: {SUBSCRIBERS} subscribers, {args.cycles} insert/remove cycles")
         fanout = bench_fanout(env, cardd, tmp, args.cycles)
     finally:
         cardd.stop()
 
-    rows = [[name, f"{readers[name + '_median']['rps']:.0f}", f"{readers[name + '_median']['p50_ms']:.2f}",
-             f"{readers[name + '_median']['p99_ms']:.2f}",
-             "1.000" if name == "bare" else f"{readers[name + '_ratio_median']:.3f}"]
-            for name in ("bare", "cardd_token", "cardd_origin")]
+    rows = [
+        [
+            name,
+            f"{readers[name + '_median']['rps']:.0f}",
+            f"{readers[name + '_median']['p50_ms']:.2f}",
+            f"{readers[name + '_median']['p99_ms']:.2f}",
+            "1.000" if name == "bare" else f"{readers[name + '_ratio_median']:.3f}",
+        ]
+        for name in ("bare", "cardd_token", "cardd_origin")
+    ]
     print()
     print(C.table(["server", "req/s (median)", "p50 ms", "p99 ms", "ratio to bare"], rows))
     s = fanout["spread_ms"]
-    print(f"\nSSE fan-out to {SUBSCRIBERS}: {fanout['events_complete']} events complete "
-          f"({fanout['events_partial']} partial); spread p50 {s.get('p50', float('nan')):.1f} ms, "
-          f"p99 {s.get('p99', float('nan')):.1f} ms, max {s.get('max', float('nan')):.1f} ms; "
-          f"{fanout['kib_per_subscriber']:.1f} KiB RSS per subscriber "
-          f"({fanout['rss_before_mb']:.1f} -> {fanout['rss_with_streams_mb']:.1f} MB)")
+    print(
+        f"\nSSE fan-out to {SUBSCRIBERS}: {fanout['events_complete']} events complete "
+        f"({fanout['events_partial']} partial); spread p50 {s.get('p50', float('nan')):.1f} ms, "
+        f"p99 {s.get('p99', float('nan')):.1f} ms, max {s.get('max', float('nan')):.1f} ms; "
+        f"{fanout['kib_per_subscriber']:.1f} KiB RSS per subscriber "
+        f"({fanout['rss_before_mb']:.1f} -> {fanout['rss_with_streams_mb']:.1f} MB)"
+    )
     ok_token = readers["cardd_token_ratio_median"] >= GOAL_RATIO
     ok_origin = readers["cardd_origin_ratio_median"] >= GOAL_RATIO
     ok_spread = fanout["events_complete"] >= 50 and s.get("p99", float("inf")) <= GOAL_SPREAD_P99_MS
-    print(f"\n{C.verdict(ok_token)}: cardd (token) / bare = {readers['cardd_token_ratio_median']:.3f} "
-          f"(goal >= {GOAL_RATIO})")
-    print(f"{C.verdict(ok_origin)}: cardd (origin) / bare = {readers['cardd_origin_ratio_median']:.3f} "
-          f"(goal >= {GOAL_RATIO})")
-    print(f"{C.verdict(ok_spread)}: SSE spread p99 = {s.get('p99', float('nan')):.1f} ms over "
-          f"{fanout['events_complete']} events (goal <= {GOAL_SPREAD_P99_MS} ms, >= 50 events)")
+    print(
+        f"\n{C.verdict(ok_token)}: cardd (token) / bare = {readers['cardd_token_ratio_median']:.3f} "
+        f"(goal >= {GOAL_RATIO})"
+    )
+    print(
+        f"{C.verdict(ok_origin)}: cardd (origin) / bare = {readers['cardd_origin_ratio_median']:.3f} "
+        f"(goal >= {GOAL_RATIO})"
+    )
+    print(
+        f"{C.verdict(ok_spread)}: SSE spread p99 = {s.get('p99', float('nan')):.1f} ms over "
+        f"{fanout['events_complete']} events (goal <= {GOAL_SPREAD_P99_MS} ms, >= 50 events)"
+    )
     C.write_result("api", {"readers": readers, "fanout": fanout, "args": vars(args)})
     return 0 if ok_token and ok_origin and ok_spread else 1
 

@@ -46,8 +46,11 @@ run sip2 bench/bench_sip2.py "${SIP2_ARGS[@]}"
 run serial bench/bench_serial.py "${SERIAL_ARGS[@]}"
 run startup bench/bench_startup.py "${STARTUP_ARGS[@]}"
 run kiosk bench/bench_kiosk.py "${KIOSK_ARGS[@]}"
+API_ARGS=()
+if [ "${1:-}" = "--quick" ]; then API_ARGS=(--seconds 2 --rounds 2 --cycles 20); fi
+run api bench/bench_api.py "${API_ARGS[@]}"
 
 echo "=== summary (details in $OUT/*.txt and $OUT/*.json)"
-grep -H -E '^(PASS|FAIL):' "$OUT"/apdu.txt "$OUT"/event_latency.txt "$OUT"/idle.txt "$OUT"/sip2.txt "$OUT"/serial.txt "$OUT"/startup.txt "$OUT"/kiosk.txt \
+grep -H -E '^(PASS|FAIL):' "$OUT"/apdu.txt "$OUT"/event_latency.txt "$OUT"/idle.txt "$OUT"/sip2.txt "$OUT"/serial.txt "$OUT"/startup.txt "$OUT"/kiosk.txt "$OUT"/api.txt \
     | sed "s|$OUT/||"
 exit $status

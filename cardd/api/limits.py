@@ -105,8 +105,12 @@ def raw_error(status: int, reason: str, code: str, message: str) -> bytes:
     from cardd.api.security import SECURITY_HEADERS
 
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json; charset=utf-8",
-             f"Content-Length: {len(body)}", "Connection: close"]
+    lines = [
+        f"HTTP/1.1 {status} {reason}",
+        "Content-Type: application/json; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
     lines += [f"{k}: {v}" for k, v in SECURITY_HEADERS.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -185,11 +189,17 @@ class GuardedRequestHandler(RequestHandler):
         if self._request_in_progress or self._messages:
             return  # the request arrived; its handler owns the connection now
         peer = self.peername
-        logger.warning("closed a connection from %s: request headers not complete in %.1f s",
-                       peer, self._header_timeout)
+        logger.warning(
+            "closed a connection from %s: request headers not complete in %.1f s",
+            peer,
+            self._header_timeout,
+        )
         try:
-            transport.write(raw_error(408, "Request Timeout", "request_timeout",
-                                      "The request was sent too slowly."))
+            transport.write(
+                raw_error(
+                    408, "Request Timeout", "request_timeout", "The request was sent too slowly."
+                )
+            )
         finally:
             self.force_close()
             transport.close()
@@ -213,8 +223,9 @@ class GuardedRequestHandler(RequestHandler):
             code, text = "bad_request", "The request is not valid HTTP."
         if request.writer.output_size > 0:
             raise ConnectionError("the answer was already being sent")
-        resp = web.json_response({"error": {"code": code, "message": text}}, status=status,
-                                 headers=SECURITY_HEADERS)
+        resp = web.json_response(
+            {"error": {"code": code, "message": text}}, status=status, headers=SECURITY_HEADERS
+        )
         resp.force_close()
         return resp
 

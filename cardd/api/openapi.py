@@ -40,8 +40,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "properties": {
                     "code": {"type": "string", "description": "stable code, e.g. reader_busy"},
                     "message": {"type": "string", "description": "what to tell the person"},
-                    "triesLeft": {"type": ["integer", "null"],
-                                  "description": "pin_incorrect only: PIN tries left"},
+                    "triesLeft": {
+                        "type": ["integer", "null"],
+                        "description": "pin_incorrect only: PIN tries left",
+                    },
                 },
             }
         },
@@ -73,7 +75,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Readers": {
         "type": "object",
         "required": ["readers"],
-        "properties": {"readers": {"type": "array", "items": {"$ref": "#/components/schemas/Reader"}}},
+        "properties": {
+            "readers": {"type": "array", "items": {"$ref": "#/components/schemas/Reader"}}
+        },
     },
     "UidForms": {
         "type": "object",
@@ -150,8 +154,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "cardNumber": _STR_OR_NULL,
             "holderName": _STR_OR_NULL,
             "idLast4": _STR_OR_NULL,
-            "certificates": {"type": "array",
-                             "items": {"$ref": "#/components/schemas/MoicaCertificate"}},
+            "certificates": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/MoicaCertificate"},
+            },
         },
     },
     "AuthToken": {
@@ -174,37 +180,82 @@ def ref(name: str) -> dict[str, str]:
 
 # -- body schemas of cardd's own routes (enforced by the security middleware) -----------------
 
-_READER = Field("reader", "string", "reader name; default: the one reader that fits",
-                min_length=1, max_length=200)
+_READER = Field(
+    "reader",
+    "string",
+    "reader name; default: the one reader that fits",
+    min_length=1,
+    max_length=200,
+)
 
 BODIES = {
-    "rfid.wait-tap": BodySchema((
-        _READER,
-        Field("timeoutMs", "integer", "how long to wait for a tap (default 15000)",
-              minimum=100, maximum=120000),
-    )),
+    "rfid.wait-tap": BodySchema(
+        (
+            _READER,
+            Field(
+                "timeoutMs",
+                "integer",
+                "how long to wait for a tap (default 15000)",
+                minimum=100,
+                maximum=120000,
+            ),
+        )
+    ),
     "student-card.read": BodySchema((_READER,)),
-    "student-card.burn": BodySchema((
-        Field("idNumber", "string", "national ID or resident certificate number",
-              required=True, min_length=1, max_length=200),
-        Field("reissue", "boolean", "replace the holder's working card (next suffix)"),
-        Field("confirmOverwrite", "boolean", "overwrite a card that holds another record"),
-        _READER,
-    )),
-    "student-card.report-lost": BodySchema((
-        Field("libraryNumber", "string", "the 12-character library number", required=True,
-              min_length=1, max_length=200),
-    )),
+    "student-card.burn": BodySchema(
+        (
+            Field(
+                "idNumber",
+                "string",
+                "national ID or resident certificate number",
+                required=True,
+                min_length=1,
+                max_length=200,
+            ),
+            Field("reissue", "boolean", "replace the holder's working card (next suffix)"),
+            Field("confirmOverwrite", "boolean", "overwrite a card that holds another record"),
+            _READER,
+        )
+    ),
+    "student-card.report-lost": BodySchema(
+        (
+            Field(
+                "libraryNumber",
+                "string",
+                "the 12-character library number",
+                required=True,
+                min_length=1,
+                max_length=200,
+            ),
+        )
+    ),
     "moica.read": BodySchema((_READER,)),
-    "moica.authenticate": BodySchema((
-        Field("nonce", "string", "the relying party's challenge: base64, 44 to 128 characters",
-              required=True, max_length=256),
-        _READER,
-        Field("origin", "string", "local callers only: the relying party's https origin",
-              min_length=1, max_length=200),
-        Field("pin", "string", "only for origins with allow_page_pin (HiPKI-style pages)",
-              min_length=1, max_length=200),
-    )),
+    "moica.authenticate": BodySchema(
+        (
+            Field(
+                "nonce",
+                "string",
+                "the relying party's challenge: base64, 44 to 128 characters",
+                required=True,
+                max_length=256,
+            ),
+            _READER,
+            Field(
+                "origin",
+                "string",
+                "local callers only: the relying party's https origin",
+                min_length=1,
+                max_length=200,
+            ),
+            Field(
+                "pin",
+                "string",
+                "only for origins with allow_page_pin (HiPKI-style pages)",
+                min_length=1,
+                max_length=200,
+            ),
+        )
+    ),
 }
 
 _CARD_ERRORS = {
@@ -218,64 +269,130 @@ _CARD_ERRORS = {
 
 
 def _register_core_routes() -> None:
-    describe("health", "GET", "/v1/health", "Version, backends and their state",
-             responses={200: Reply("cardd is running", ref("Health"))}, tags=("status",))
-    describe("readers", "GET", "/v1/readers", "Readers, cards, ATRs and card types",
-             responses={200: Reply("The readers", ref("Readers"))}, tags=("readers",))
-    describe("events", "GET", "/v1/events", "Reader and card events (Server-Sent Events)",
-             description="Event names: hello, reader.added, reader.removed, card.inserted, "
-             "card.removed, tag.tapped, operation.started, operation.finished, … "
-             "Heartbeat comments every 15 s. Counts as an open request while connected.",
-             responses={200: Reply("An event stream", {"type": "string"},
-                                   content_type="text/event-stream")},
-             tags=("readers",))
-    describe("ws", "GET", "/v1/ws", "The same events over a WebSocket",
-             description="Origin and scope are checked before the handshake.",
-             responses={101: Reply("Switching to the WebSocket protocol", None)},
-             errors={400: "not a WebSocket handshake"}, tags=("readers",))
-    describe("openapi", "GET", "/v1/openapi.json", "This document",
-             responses={200: Reply("OpenAPI 3.1", {"type": "object"})}, tags=("status",))
-    describe("rfid.wait-tap", "POST", "/v1/rfid/wait-tap", "Wait for the next contactless tap",
-             body=BODIES["rfid.wait-tap"],
-             responses={200: Reply("The tap: reader, UID forms, ATR, card type", ref("Tap"))},
-             errors={404: "no_reader", 504: "timeout: no card was tapped in time"},
-             tags=("rfid",))
-    describe("student-card.read", "POST", "/v1/student-card/read",
-             "Read the library-number record of a student card",
-             body=BODIES["student-card.read"],
-             responses={200: Reply("The record (numbers masked) and its ledger state",
-                                   ref("StudentCardRecord"))},
-             errors=_CARD_ERRORS, tags=("rfid",))
-    describe("student-card.burn", "POST", "/v1/student-card/burn",
-             "Burn a library number onto a student card",
-             body=BODIES["student-card.burn"],
-             responses={200: Reply("The burned number (masked), suffix, what it superseded",
-                                   ref("Burn"))},
-             errors={**_CARD_ERRORS, 409: "reader_busy, card_removed, already_issued, "
-                     "card_in_use, ledger_conflict, burn_pending",
-                     503: "ledger_unavailable, reader_unavailable"},
-             tags=("rfid",))
-    describe("student-card.report-lost", "POST", "/v1/student-card/report-lost",
-             "Report a library number lost", body=BODIES["student-card.report-lost"],
-             responses={200: Reply("The number's new state", ref("LostReport"))},
-             errors={404: "unknown_number", 409: "invalid_transition",
-                     503: "ledger_unavailable"},
-             tags=("rfid",))
-    describe("moica.read", "POST", "/v1/moica/read",
-             "Read a citizen certificate card's public data (no PIN)",
-             body=BODIES["moica.read"],
-             responses={200: Reply("Card type, number, holder, certificates", ref("MoicaCard"))},
-             errors=_CARD_ERRORS, tags=("moica",))
-    describe("moica.authenticate", "POST", "/v1/moica/authenticate",
-             "Sign the relying party's challenge with the card (Web eID style token)",
-             description="The signed origin is the browser's Origin header, never the body. "
-             "cardd collects the PIN itself (its own page or a PIN-pad reader).",
-             body=BODIES["moica.authenticate"],
-             responses={200: Reply("The authentication token", ref("AuthToken"))},
-             errors={**_CARD_ERRORS, 422: "pin_incorrect (with triesLeft), pin_blocked",
-                     499: "user_cancelled", 501: "pin_entry_unavailable",
-                     503: "pkcs11_module_missing, reader_unavailable"},
-             tags=("moica",))
+    describe(
+        "health",
+        "GET",
+        "/v1/health",
+        "Version, backends and their state",
+        responses={200: Reply("cardd is running", ref("Health"))},
+        tags=("status",),
+    )
+    describe(
+        "readers",
+        "GET",
+        "/v1/readers",
+        "Readers, cards, ATRs and card types",
+        responses={200: Reply("The readers", ref("Readers"))},
+        tags=("readers",),
+    )
+    describe(
+        "events",
+        "GET",
+        "/v1/events",
+        "Reader and card events (Server-Sent Events)",
+        description="Event names: hello, reader.added, reader.removed, card.inserted, "
+        "card.removed, tag.tapped, operation.started, operation.finished, … "
+        "Heartbeat comments every 15 s. Counts as an open request while connected.",
+        responses={
+            200: Reply("An event stream", {"type": "string"}, content_type="text/event-stream")
+        },
+        tags=("readers",),
+    )
+    describe(
+        "ws",
+        "GET",
+        "/v1/ws",
+        "The same events over a WebSocket",
+        description="Origin and scope are checked before the handshake.",
+        responses={101: Reply("Switching to the WebSocket protocol", None)},
+        errors={400: "not a WebSocket handshake"},
+        tags=("readers",),
+    )
+    describe(
+        "openapi",
+        "GET",
+        "/v1/openapi.json",
+        "This document",
+        responses={200: Reply("OpenAPI 3.1", {"type": "object"})},
+        tags=("status",),
+    )
+    describe(
+        "rfid.wait-tap",
+        "POST",
+        "/v1/rfid/wait-tap",
+        "Wait for the next contactless tap",
+        body=BODIES["rfid.wait-tap"],
+        responses={200: Reply("The tap: reader, UID forms, ATR, card type", ref("Tap"))},
+        errors={404: "no_reader", 504: "timeout: no card was tapped in time"},
+        tags=("rfid",),
+    )
+    describe(
+        "student-card.read",
+        "POST",
+        "/v1/student-card/read",
+        "Read the library-number record of a student card",
+        body=BODIES["student-card.read"],
+        responses={
+            200: Reply("The record (numbers masked) and its ledger state", ref("StudentCardRecord"))
+        },
+        errors=_CARD_ERRORS,
+        tags=("rfid",),
+    )
+    describe(
+        "student-card.burn",
+        "POST",
+        "/v1/student-card/burn",
+        "Burn a library number onto a student card",
+        body=BODIES["student-card.burn"],
+        responses={
+            200: Reply("The burned number (masked), suffix, what it superseded", ref("Burn"))
+        },
+        errors={
+            **_CARD_ERRORS,
+            409: "reader_busy, card_removed, already_issued, "
+            "card_in_use, ledger_conflict, burn_pending",
+            503: "ledger_unavailable, reader_unavailable",
+        },
+        tags=("rfid",),
+    )
+    describe(
+        "student-card.report-lost",
+        "POST",
+        "/v1/student-card/report-lost",
+        "Report a library number lost",
+        body=BODIES["student-card.report-lost"],
+        responses={200: Reply("The number's new state", ref("LostReport"))},
+        errors={404: "unknown_number", 409: "invalid_transition", 503: "ledger_unavailable"},
+        tags=("rfid",),
+    )
+    describe(
+        "moica.read",
+        "POST",
+        "/v1/moica/read",
+        "Read a citizen certificate card's public data (no PIN)",
+        body=BODIES["moica.read"],
+        responses={200: Reply("Card type, number, holder, certificates", ref("MoicaCard"))},
+        errors=_CARD_ERRORS,
+        tags=("moica",),
+    )
+    describe(
+        "moica.authenticate",
+        "POST",
+        "/v1/moica/authenticate",
+        "Sign the relying party's challenge with the card (Web eID style token)",
+        description="The signed origin is the browser's Origin header, never the body. "
+        "cardd collects the PIN itself (its own page or a PIN-pad reader).",
+        body=BODIES["moica.authenticate"],
+        responses={200: Reply("The authentication token", ref("AuthToken"))},
+        errors={
+            **_CARD_ERRORS,
+            422: "pin_incorrect (with triesLeft), pin_blocked",
+            499: "user_cancelled",
+            501: "pin_entry_unavailable",
+            503: "pkcs11_module_missing, reader_unavailable",
+        },
+        tags=("moica",),
+    )
 
 
 _register_core_routes()
@@ -312,8 +429,10 @@ def _operation(doc: RouteDoc, scope: str | None) -> dict[str, Any]:
         op["security"] = []
     params = re.findall(r"\{([^}:]+)(?::[^}]*)?\}", doc.path)  # aiohttp's {name} / {name:regex}
     if params:
-        op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                            for p in params]
+        op["parameters"] = [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            for p in params
+        ]
     if doc.body is not None:
         op["requestBody"] = {
             "required": True,
@@ -326,18 +445,23 @@ def _operation(doc: RouteDoc, scope: str | None) -> dict[str, Any]:
             schema = dict(reply.schema) if reply.schema is not None else {}
             entry["content"] = {reply.content_type: {"schema": schema}}
         if reply.headers:
-            entry["headers"] = {k: {"description": v, "schema": {"type": "string"}}
-                                for k, v in reply.headers.items()}
+            entry["headers"] = {
+                k: {"description": v, "schema": {"type": "string"}}
+                for k, v in reply.headers.items()
+            }
         responses[str(status)] = entry
     errors = dict(_COMMON_ERRORS) if not doc.public else {421: _COMMON_ERRORS[421]}
     if doc.body is not None or doc.method not in ("GET", "HEAD"):
         errors.update(_BODY_ERRORS)
     errors.update(doc.errors)
     for status, text in sorted(errors.items()):
-        responses.setdefault(str(status), {
-            "description": text,
-            "content": {"application/json": {"schema": ref("Error")}},
-        })
+        responses.setdefault(
+            str(status),
+            {
+                "description": text,
+                "content": {"application/json": {"schema": ref("Error")}},
+            },
+        )
     op["responses"] = responses
     return op
 
@@ -361,7 +485,7 @@ def build_document(app: web.Application, port: int) -> dict[str, Any]:
                 "Card readers for library and school web pages. Browser pages call from an "
                 "origin on cardd's allowlist (exact match, per-origin scopes) and send no "
                 "credentials; local programs send no Origin and the bearer token from cardd's "
-                "token file. Errors are {\"error\": {\"code\", \"message\"}} with a stable code."
+                'token file. Errors are {"error": {"code", "message"}} with a stable code.'
             ),
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },

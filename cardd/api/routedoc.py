@@ -78,8 +78,15 @@ def describe(
 ) -> RouteDoc:
     """Register (or replace) the record of route ``name``; see the module docstring."""
     doc = RouteDoc(
-        name=name, method=method.upper(), path=path, summary=summary, description=description,
-        body=body, responses=dict(responses or {}), errors=dict(errors or {}), public=public,
+        name=name,
+        method=method.upper(),
+        path=path,
+        summary=summary,
+        description=description,
+        body=body,
+        responses=dict(responses or {}),
+        errors=dict(errors or {}),
+        public=public,
         tags=tags,
     )
     ROUTE_DOCS[name] = doc

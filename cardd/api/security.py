@@ -170,13 +170,14 @@ class TokenStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._path_str = str(path)  # os.stat(str) skips Path.__fspath__ on every request
         ensure_token(path)
         self._stat_key: tuple[int, int, int] | None = None
         self._token: bytes | None = None
 
     def current(self) -> bytes | None:
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._path_str)
         except OSError:
             return None
         key = (st.st_mtime_ns, st.st_ino, st.st_size)
@@ -228,7 +229,9 @@ async def add_security_headers(request: web.BaseRequest, response: web.StreamRes
 
 
 def self_origins(port: int) -> frozenset[str]:
-    return frozenset({f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"})
+    return frozenset(
+        {f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"}
+    )
 
 
 def security_middleware(api: ApiConfig, token: str | TokenStore):  # type: ignore[no-untyped-def]
@@ -268,22 +271,34 @@ def security_middleware(api: ApiConfig, token: str | TokenStore):  # type: ignor
             found = callers.get(origin)
             if found is None:  # includes "null" and every origin not listed exactly
                 logger.warning("refused origin %r", origin[:100])
-                return json_error(403, "origin_not_allowed", "This site is not allowed to use cardd.")
+                return json_error(
+                    403, "origin_not_allowed", "This site is not allowed to use cardd."
+                )
             caller = found
             request[CORS_KEY] = origin
-        elif "Sec-Fetch-Mode" in headers or "Sec-Fetch-Site" in headers or "Sec-Fetch-Dest" in headers:
+        elif (
+            "Sec-Fetch-Mode" in headers
+            or "Sec-Fetch-Site" in headers
+            or "Sec-Fetch-Dest" in headers
+        ):
             # A browser sent this without Origin: a navigation, a form or a no-cors load by
             # some page. Whatever credential it carries, it is not a local program.
             logger.warning("refused a browser request without Origin to %s", request.path[:100])
-            return json_error(403, "origin_required",
-                              "Browser pages must call cardd with fetch() from an allowed site.")
+            return json_error(
+                403,
+                "origin_required",
+                "Browser pages must call cardd with fetch() from an allowed site.",
+            )
         else:
             auth = headers.get("Authorization", "")
             given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
             if not tokens.accepts(given):
-                return json_error(401, "unauthorized",
-                                  "Local callers must send the token from cardd's token file.",
-                                  {"WWW-Authenticate": "Bearer"})
+                return json_error(
+                    401,
+                    "unauthorized",
+                    "Local callers must send the token from cardd's token file.",
+                    {"WWW-Authenticate": "Bearer"},
+                )
             caller = local_caller
 
         if request.method == "OPTIONS":
@@ -300,10 +315,14 @@ def security_middleware(api: ApiConfig, token: str | TokenStore):  # type: ignor
         release = None
         if counted is not None:
             if not open_requests.acquire(counted):
-                logger.warning("origin %s has %d requests open; refused another", counted,
-                               open_requests.limit)
-                return json_error(429, "too_many_connections",
-                                  "Too many open requests from this site; close some and try again.")
+                logger.warning(
+                    "origin %s has %d requests open; refused another", counted, open_requests.limit
+                )
+                return json_error(
+                    429,
+                    "too_many_connections",
+                    "Too many open requests from this site; close some and try again.",
+                )
             release = open_requests.releaser(counted)
             protocol = request.protocol
             if isinstance(protocol, GuardedRequestHandler):
@@ -311,8 +330,9 @@ def security_middleware(api: ApiConfig, token: str | TokenStore):  # type: ignor
         try:
             request[CALLER_KEY] = caller
             if request.method not in _SAFE_METHODS:
-                refused = await _read_json_body(request, doc.body if doc else None,
-                                                max_body, read_timeout)
+                refused = await _read_json_body(
+                    request, doc.body if doc else None, max_body, read_timeout
+                )
                 if refused is not None:
                     return refused
             try:
@@ -350,25 +370,33 @@ async def _read_json_body(
     except CardError as e:
         return from_card_error(e)
     except BodyTooLarge:
-        resp = json_error(413, "body_too_large",
-                          f"The request body is larger than {max_body} bytes.")
+        resp = json_error(
+            413, "body_too_large", f"The request body is larger than {max_body} bytes."
+        )
     except BodyTimeout:
-        logger.warning("request body to %s not complete in %.1f s", request.path[:100], read_timeout)
+        logger.warning(
+            "request body to %s not complete in %.1f s", request.path[:100], read_timeout
+        )
         resp = json_error(408, "request_timeout", "The request was sent too slowly.")
     resp.force_close()  # the rest of the body is not worth reading
     return resp
 
 
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-               413: "body_too_large"}
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
 _HTTP_MESSAGES = {404: "No such API path.", 405: "This path does not take that method."}
 
 
 def _http_error(e: web.HTTPException) -> web.Response:
     status = e.status
     headers = {"Allow": e.headers["Allow"]} if status == 405 and "Allow" in e.headers else None
-    return json_error(status, _HTTP_CODES.get(status, "http_error"),
-                      _HTTP_MESSAGES.get(status, e.reason), headers)
+    return json_error(
+        status, _HTTP_CODES.get(status, "http_error"), _HTTP_MESSAGES.get(status, e.reason), headers
+    )
 
 
 def _preflight(request: web.Request, caller: Caller) -> web.Response:
@@ -387,8 +415,12 @@ def _preflight(request: web.Request, caller: Caller) -> web.Response:
         if h.strip()
     }
     if wanted_method not in methods or not wanted_headers <= PREFLIGHT_HEADERS:
-        logger.info("refused preflight from %s: %s %s", caller.origin, wanted_method,
-                    sorted(wanted_headers)[:5])
+        logger.info(
+            "refused preflight from %s: %s %s",
+            caller.origin,
+            wanted_method,
+            sorted(wanted_headers)[:5],
+        )
         request[CORS_KEY] = None  # no CORS grant on this answer
         return json_error(403, "preflight_refused", "This method or header is not allowed.")
     resp = web.Response(status=204)

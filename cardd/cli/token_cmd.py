@@ -32,8 +32,12 @@ def add_parser(sub: Any) -> None:
     )
     s = p.add_subparsers(dest="token_command", metavar="TOKENCOMMAND", required=True)
     q = s.add_parser("show", help="print the token file's path (the token with --print)")
-    q.add_argument("--print", dest="print_token", action="store_true", help="print the token itself")
-    q = s.add_parser("rotate", help="write a new token; the running daemon accepts only the new one")
+    q.add_argument(
+        "--print", dest="print_token", action="store_true", help="print the token itself"
+    )
+    q = s.add_parser(
+        "rotate", help="write a new token; the running daemon accepts only the new one"
+    )
     q.add_argument("--print", dest="print_token", action="store_true", help="print the new token")
 
 
@@ -50,7 +54,9 @@ def run(config: Config, args: argparse.Namespace) -> int:
             token = write_new_token(path)
         except PermissionError:
             raise _no_access(path, "write") from None
-        print(f"new token written to {path} (mode 0600); a running cardd accepts only it from now on")
+        print(
+            f"new token written to {path} (mode 0600); a running cardd accepts only it from now on"
+        )
         if args.print_token:
             print(token)
         return 0
@@ -59,8 +65,9 @@ def run(config: Config, args: argparse.Namespace) -> int:
         st = path.stat()
         token = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        raise UsageError(f"no token file at {path} yet: start `cardd serve` once, "
-                         "or run `cardd token rotate`") from None
+        raise UsageError(
+            f"no token file at {path} yet: start `cardd serve` once, or run `cardd token rotate`"
+        ) from None
     except PermissionError:
         raise _no_access(path, "read") from None
     if args.print_token:
@@ -68,11 +75,14 @@ def run(config: Config, args: argparse.Namespace) -> int:
         return 0
     print(path)
     if stat.S_IMODE(st.st_mode) & 0o077:
-        print(f"warning: {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
-              "run `cardd token rotate` to replace it with a private one")
+        print(
+            f"warning: {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            "run `cardd token rotate` to replace it with a private one"
+        )
     return 0
 
 
 def _no_access(path: Path, what: str) -> UsageError:
-    return UsageError(f"cannot {what} the token file {path}: run as the user cardd runs as, "
-                      "or as root")
+    return UsageError(
+        f"cannot {what} the token file {path}: run as the user cardd runs as, or as root"
+    )

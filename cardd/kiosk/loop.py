@@ -140,11 +140,22 @@ class KioskService:
 
     async def stop(self) -> None:
         self._stopping = True
+        # Cancel, and cancel again what is still running: on Python 3.11 asyncio.wait_for()
+        # swallows a cancellation that arrives as its inner await completes (fixed in 3.12), and
+        # the SIP2 client's reconnects use it; a task that lost its cancel would hang the stop.
+        pending = set(self._tasks)
+        for _attempt in range(3):
+            for task in pending:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=2.0)
+            if not pending:
+                break
+        if pending:
+            logger.warning("kiosk: %d task(s) did not stop", len(pending))
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if task.done() and not task.cancelled():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
         if self._subscription is not None:
             self._subscription.close()
         for task in list(self._side_tasks):
@@ -345,7 +356,7 @@ class KioskService:
     # -- reporting offline decisions -------------------------------------------------------
 
     async def _report_loop(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._report_now.wait(), self.kiosk.report_seconds)
             self._report_now.clear()

@@ -61,7 +61,9 @@ class Daemon:
         self.state = tmp / "state"
         self.config = tmp / "cardd.toml"
         keys = tmp / "keys.toml"
-        keys.write_text('[student_card]\nsector = 14\nkey_a = "A0A1A2A3A4A5"\nkey_b = "B0B1B2B3B4B5"\n')
+        keys.write_text(
+            '[student_card]\nsector = 14\nkey_a = "A0A1A2A3A4A5"\nkey_b = "B0B1B2B3B4B5"\n'
+        )
         keys.chmod(0o600)
         origins = f'[api.origins."{FULL}"]\nscopes = {json.dumps(list(ALL))}\n'
         origins += f'[api.origins."{NONE}"]\nscopes = []\n'
@@ -78,7 +80,9 @@ class Daemon:
         self.log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cardd.cli.main", "--config", str(self.config), "serve"],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 15
         while True:
@@ -100,7 +104,10 @@ class Daemon:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "cardd.cli.main", "--config", str(self.config), *args],
-            env=self.env, capture_output=True, text=True, timeout=60,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     def stop(self) -> None:
@@ -131,8 +138,9 @@ def own_daemon(pcscd, tmp_path):
     assert d.proc.returncode == 0, d.log_path.read_text()
 
 
-async def request(d: Daemon, method: str, path: str, headers: dict[str, str] | None = None,
-                  body=None, data=None) -> tuple[int, dict, dict | None]:
+async def request(
+    d: Daemon, method: str, path: str, headers: dict[str, str] | None = None, body=None, data=None
+) -> tuple[int, dict, dict | None]:
     async with aiohttp.ClientSession() as s:
         kw = {"json": body} if body is not None else {"data": data}
         async with s.request(method, d.url + path, headers=headers or {}, **kw) as r:
@@ -168,13 +176,23 @@ def read_until_closed(sock: socket.socket) -> bytes:
 # -- Host: DNS rebinding --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["evil.example:{port}", "127.0.0.1.evil.com:{port}",
-                                  "localhost.evil.com:{port}", "127.0.0.1:{port}.evil.com"])
-@pytest.mark.parametrize(("method", "path", "extra"), [
-    ("GET", "/v1/readers", {}),
-    ("POST", "/v1/rfid/wait-tap", {"Content-Type": "application/json"}),
-    ("OPTIONS", "/v1/rfid/wait-tap", {"Access-Control-Request-Method": "POST"}),
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example:{port}",
+        "127.0.0.1.evil.com:{port}",
+        "localhost.evil.com:{port}",
+        "127.0.0.1:{port}.evil.com",
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path", "extra"),
+    [
+        ("GET", "/v1/readers", {}),
+        ("POST", "/v1/rfid/wait-tap", {"Content-Type": "application/json"}),
+        ("OPTIONS", "/v1/rfid/wait-tap", {"Access-Control-Request-Method": "POST"}),
+    ],
+)
 async def test_dns_rebinding_gets_421_even_with_credentials(daemon, host, method, path, extra):
     for creds in (daemon.auth, {"Origin": FULL}):
         headers = {"Host": host.format(port=daemon.port), **creds, **extra}
@@ -187,9 +205,13 @@ async def test_dns_rebinding_gets_421_even_with_credentials(daemon, host, method
 # -- who is calling ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/readers"), ("POST", "/v1/student-card/read")])
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/v1/readers"), ("POST", "/v1/student-card/read")]
+)
 async def test_null_origin_is_refused_even_with_the_token(daemon, method, path):
-    status, h, body = await request(daemon, method, path, {"Origin": "null", **daemon.auth}, body={})
+    status, h, body = await request(
+        daemon, method, path, {"Origin": "null", **daemon.auth}, body={}
+    )
     assert status == 403 and body["error"]["code"] == "origin_not_allowed"
     assert "Access-Control-Allow-Origin" not in h
 
@@ -199,35 +221,60 @@ async def test_missing_origin_without_token_is_unauthorized(daemon):
         status, h, body = await request(daemon, "GET", path)
         assert status == 401 and body["error"]["code"] == "unauthorized"
         assert h["WWW-Authenticate"] == "Bearer"
-    status, _, body = await request(daemon, "POST", "/v1/student-card/report-lost",
-                                    body={"libraryNumber": "A12345678900"})
+    status, _, body = await request(
+        daemon, "POST", "/v1/student-card/report-lost", body={"libraryNumber": "A12345678900"}
+    )
     assert status == 401
 
 
-@pytest.mark.parametrize("auth", ["Bearer wrong", "Bearer {token}x", "Bearer  ", "Basic {token}",
-                                  "{token}", "bearer {token} extra"])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        "Bearer wrong",
+        "Bearer {token}x",
+        "Bearer  ",
+        "Basic {token}",
+        "{token}",
+        "bearer {token} extra",
+    ],
+)
 async def test_wrong_token_is_unauthorized(daemon, auth):
-    status, _, body = await request(daemon, "GET", "/v1/readers",
-                                    {"Authorization": auth.format(token=daemon.token)})
+    status, _, body = await request(
+        daemon, "GET", "/v1/readers", {"Authorization": auth.format(token=daemon.token)}
+    )
     assert status == 401 and body["error"]["code"] == "unauthorized"
     status, _, _ = await request(daemon, "GET", "/v1/readers", daemon.auth)
     assert status == 200
 
 
-@pytest.mark.parametrize("fetch_metadata", [
-    {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"},
-    {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
-    {"Sec-Fetch-Mode": "no-cors"},
-    {"Sec-Fetch-Site": "none"},
-    {"Sec-Fetch-Dest": "script"},
-])
-async def test_browser_request_without_origin_is_refused_even_with_the_token(daemon, fetch_metadata):
+@pytest.mark.parametrize(
+    "fetch_metadata",
+    [
+        {
+            "Sec-Fetch-Site": "cross-site",
+            "Sec-Fetch-Mode": "navigate",
+            "Sec-Fetch-Dest": "document",
+        },
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+        {"Sec-Fetch-Mode": "no-cors"},
+        {"Sec-Fetch-Site": "none"},
+        {"Sec-Fetch-Dest": "script"},
+    ],
+)
+async def test_browser_request_without_origin_is_refused_even_with_the_token(
+    daemon, fetch_metadata
+):
     status, h, body = await request(daemon, "GET", "/v1/readers", {**fetch_metadata, **daemon.auth})
     assert status == 403 and body["error"]["code"] == "origin_required"
     assert "Access-Control-Allow-Origin" not in h
     # a form POST from some page: refused before the body is looked at
-    status, _, body = await request(daemon, "POST", "/v1/student-card/report-lost",
-                                    {**fetch_metadata, **daemon.auth}, body={"libraryNumber": "A12345678900"})
+    status, _, body = await request(
+        daemon,
+        "POST",
+        "/v1/student-card/report-lost",
+        {**fetch_metadata, **daemon.auth},
+        body={"libraryNumber": "A12345678900"},
+    )
     assert status == 403 and body["error"]["code"] == "origin_required"
 
 
@@ -255,8 +302,11 @@ async def test_allowed_origin_cannot_use_a_scope_it_lacks(daemon, scope):
 
 async def test_event_streams_check_origin_and_scope_on_connect(daemon):
     async with aiohttp.ClientSession() as s:
-        for origin, code in (("https://evil.example", "origin_not_allowed"),
-                             (SCOPED["rfid:read"], "scope_denied"), ("null", "origin_not_allowed")):
+        for origin, code in (
+            ("https://evil.example", "origin_not_allowed"),
+            (SCOPED["rfid:read"], "scope_denied"),
+            ("null", "origin_not_allowed"),
+        ):
             async with s.get(daemon.url + "/v1/events", headers={"Origin": origin}) as r:
                 assert r.status == 403 and (await r.json())["error"]["code"] == code
             with pytest.raises(aiohttp.WSServerHandshakeError) as e:
@@ -272,9 +322,12 @@ async def test_event_streams_check_origin_and_scope_on_connect(daemon):
 
 
 async def test_preflight_grants_only_what_is_allowed(daemon):
-    ask = {"Origin": FULL, "Access-Control-Request-Method": "POST",
-           "Access-Control-Request-Headers": "content-type",
-           "Access-Control-Request-Private-Network": "true"}
+    ask = {
+        "Origin": FULL,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+        "Access-Control-Request-Private-Network": "true",
+    }
     status, h, _ = await request(daemon, "OPTIONS", "/v1/student-card/burn", ask)
     assert status == 204
     assert h["Access-Control-Allow-Origin"] == FULL and h["Vary"] == "Origin"
@@ -283,8 +336,12 @@ async def test_preflight_grants_only_what_is_allowed(daemon):
     assert h["Access-Control-Allow-Private-Network"] == "true"
     assert int(h["Access-Control-Max-Age"]) > 0
     assert_security_headers(h)
-    status, h, _ = await request(daemon, "OPTIONS", "/v1/student-card/burn",
-                                 {**ask, "Access-Control-Request-Private-Network": ""})
+    status, h, _ = await request(
+        daemon,
+        "OPTIONS",
+        "/v1/student-card/burn",
+        {**ask, "Access-Control-Request-Private-Network": ""},
+    )
     assert status == 204 and "Access-Control-Allow-Private-Network" not in h
 
     refused = [
@@ -311,8 +368,9 @@ async def test_preflight_grants_only_what_is_allowed(daemon):
 
 async def test_oversized_body_is_refused_and_the_daemon_keeps_serving(daemon):
     big = {"libraryNumber": "A" * 20000}
-    status, h, body = await request(daemon, "POST", "/v1/student-card/report-lost",
-                                    {"Origin": SCOPED["rfid:write"]}, body=big)
+    status, h, body = await request(
+        daemon, "POST", "/v1/student-card/report-lost", {"Origin": SCOPED["rfid:write"]}, body=big
+    )
     assert status == 413 and body["error"]["code"] == "body_too_large"
     assert h["Access-Control-Allow-Origin"] == SCOPED["rfid:write"]
     assert_security_headers(h)
@@ -321,22 +379,30 @@ async def test_oversized_body_is_refused_and_the_daemon_keeps_serving(daemon):
         for _ in range(40):
             yield b" " * 1024
 
-    status, _, body = await request(daemon, "POST", "/v1/rfid/wait-tap",
-                                    {**daemon.auth, "Content-Type": "application/json"}, data=chunks())
+    status, _, body = await request(
+        daemon,
+        "POST",
+        "/v1/rfid/wait-tap",
+        {**daemon.auth, "Content-Type": "application/json"},
+        data=chunks(),
+    )
     assert status == 413 and body["error"]["code"] == "body_too_large"
     status, _, body = await request(daemon, "GET", "/v1/health", daemon.auth)
     assert status == 200 and body["backends"]["pcsc"] == "up"
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x", None])
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
+)
 async def test_simple_request_posts_are_415_before_any_effect(daemon, content_type):
     headers = {"Origin": FULL}
     if content_type:
         headers["Content-Type"] = content_type
     # wait-tap would block for 10 s if it ran: 415 comes back without waiting for a tap
-    status, h, body = await request(daemon, "POST", "/v1/rfid/wait-tap", headers,
-                                    data=b'{"timeoutMs": 10000}')
+    status, h, body = await request(
+        daemon, "POST", "/v1/rfid/wait-tap", headers, data=b'{"timeoutMs": 10000}'
+    )
     assert status == 415 and body["error"]["code"] == "unsupported_media_type"
     assert h["Access-Control-Allow-Origin"] == FULL
 
@@ -351,21 +417,39 @@ async def test_strict_bodies_name_the_offending_key(daemon):
         ([1, 2], "object"),
     ]
     for body, named in cases:
-        status, _, answer = await request(daemon, "POST", "/v1/rfid/wait-tap", {"Origin": FULL}, body=body)
+        status, _, answer = await request(
+            daemon, "POST", "/v1/rfid/wait-tap", {"Origin": FULL}, body=body
+        )
         assert status == 400 and answer["error"]["code"] == "invalid_input", body
         assert named in answer["error"]["message"], answer
-    status, _, answer = await request(daemon, "POST", "/v1/student-card/burn", {"Origin": FULL},
-                                      body={"reissue": True})
+    status, _, answer = await request(
+        daemon, "POST", "/v1/student-card/burn", {"Origin": FULL}, body={"reissue": True}
+    )
     assert status == 400 and "idNumber" in answer["error"]["message"]
-    status, _, answer = await request(daemon, "POST", "/v1/rfid/wait-tap", {"Origin": FULL},
-                                      data=b"{not json", )
+    status, _, answer = await request(
+        daemon,
+        "POST",
+        "/v1/rfid/wait-tap",
+        {"Origin": FULL},
+        data=b"{not json",
+    )
     assert status == 415  # no JSON content type given: refused before parsing
-    status, _, answer = await request(daemon, "POST", "/v1/rfid/wait-tap",
-                                      {"Origin": FULL, "Content-Type": "application/json"}, data=b"{not json")
+    status, _, answer = await request(
+        daemon,
+        "POST",
+        "/v1/rfid/wait-tap",
+        {"Origin": FULL, "Content-Type": "application/json"},
+        data=b"{not json",
+    )
     assert status == 400 and answer["error"]["code"] == "invalid_input"
     # null for an optional key means "not given"
-    status, _, answer = await request(daemon, "POST", "/v1/rfid/wait-tap", {"Origin": FULL},
-                                      body={"reader": None, "timeoutMs": 100})
+    status, _, answer = await request(
+        daemon,
+        "POST",
+        "/v1/rfid/wait-tap",
+        {"Origin": FULL},
+        body={"reader": None, "timeoutMs": 100},
+    )
     assert status == 504 and answer["error"]["code"] == "timeout"
 
 
@@ -440,9 +524,13 @@ async def test_connection_that_never_sends_a_request_is_closed(daemon):
 async def test_slow_body_is_cut_off_and_others_are_served(daemon):
     loop = asyncio.get_running_loop()
     sock = raw_connection(daemon)
-    sock.sendall((f"POST /v1/student-card/report-lost HTTP/1.1\r\nHost: {daemon.host}\r\n"
-                  f"Origin: {SCOPED['rfid:write']}\r\nContent-Type: application/json\r\n"
-                  "Content-Length: 400\r\n\r\n{").encode())
+    sock.sendall(
+        (
+            f"POST /v1/student-card/report-lost HTTP/1.1\r\nHost: {daemon.host}\r\n"
+            f"Origin: {SCOPED['rfid:write']}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 400\r\n\r\n{"
+        ).encode()
+    )
 
     def trickle() -> None:
         try:
@@ -468,14 +556,18 @@ async def test_slow_body_is_cut_off_and_others_are_served(daemon):
 
 async def test_malformed_request_gets_json_without_internals(daemon):
     sock = raw_connection(daemon)
-    sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: " + daemon.host.encode() + b"\r\nBad Header\r\n\r\n")
+    sock.sendall(
+        b"GET /v1/health HTTP/1.1\r\nHost: " + daemon.host.encode() + b"\r\nBad Header\r\n\r\n"
+    )
     data = await asyncio.get_running_loop().run_in_executor(None, read_until_closed, sock)
     sock.close()
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.split(b"\r\n")[0] in (b"HTTP/1.0 400 Bad Request", b"HTTP/1.1 400 Bad Request")
     assert b"X-Content-Type-Options: nosniff" in head
     assert b"aiohttp" not in head and b"Python" not in head
-    assert json.loads(body) == {"error": {"code": "bad_request", "message": "The request is not valid HTTP."}}
+    assert json.loads(body) == {
+        "error": {"code": "bad_request", "message": "The request is not valid HTTP."}
+    }
 
 
 # -- limits -----------------------------------------------------------------------------------
@@ -493,7 +585,9 @@ async def test_per_origin_connection_limit(daemon):
         assert status == 429 and body["error"]["code"] == "too_many_connections"
         assert h["Access-Control-Allow-Origin"] == FULL
         # other origins and local programs are not affected
-        assert (await request(daemon, "GET", "/v1/readers", {"Origin": SCOPED["readers"]}))[0] == 200
+        assert (await request(daemon, "GET", "/v1/readers", {"Origin": SCOPED["readers"]}))[
+            0
+        ] == 200
         assert (await request(daemon, "GET", "/v1/readers", daemon.auth))[0] == 200
         streams.pop().close()
         for _ in range(100):  # until the daemon has noticed the closed stream
@@ -521,15 +615,17 @@ async def test_second_operation_on_a_busy_reader_gets_409_reader_busy(daemon, vr
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)
     card.delay_next(3.0, 1)  # the next APDU takes 3 s: the first read holds the reader
-    first = asyncio.create_task(request(daemon, "POST", "/v1/student-card/read", {"Origin": FULL},
-                                        body={"reader": READER0}))
+    first = asyncio.create_task(
+        request(daemon, "POST", "/v1/student-card/read", {"Origin": FULL}, body={"reader": READER0})
+    )
     for _ in range(200):
         _, _, body = await request(daemon, "GET", "/v1/readers", daemon.auth)
         if next(r for r in body["readers"] if r["name"] == READER0)["busy"]:
             break
         await asyncio.sleep(0.02)
-    status, h, body = await request(daemon, "POST", "/v1/student-card/read", {"Origin": FULL},
-                                    body={"reader": READER0})
+    status, h, body = await request(
+        daemon, "POST", "/v1/student-card/read", {"Origin": FULL}, body={"reader": READER0}
+    )
     assert status == 409 and body["error"]["code"] == "reader_busy"
     assert READER0 not in body["error"]["message"]  # the page gets the generic text
     status, _, body = await first
@@ -556,7 +652,9 @@ async def test_token_rotation_takes_effect_without_restart(own_daemon):
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert not [p for p in token_file.parent.iterdir() if p.name.startswith(".token-")]
 
-    status, _, body = await request(daemon, "GET", "/v1/readers", {"Authorization": f"Bearer {old}"})
+    status, _, body = await request(
+        daemon, "GET", "/v1/readers", {"Authorization": f"Bearer {old}"}
+    )
     assert status == 401 and body["error"]["code"] == "unauthorized"
     status, _, _ = await request(daemon, "GET", "/v1/readers", {"Authorization": f"Bearer {new}"})
     assert status == 200
@@ -564,8 +662,12 @@ async def test_token_rotation_takes_effect_without_restart(own_daemon):
     for _ in range(2):
         printed = daemon.cli("token", "rotate", "--print").stdout.strip().splitlines()[-1]
         assert printed == token_file.read_text().strip()
-        assert (await request(daemon, "GET", "/v1/readers", {"Authorization": f"Bearer {new}"}))[0] == 401
-        assert (await request(daemon, "GET", "/v1/readers", {"Authorization": f"Bearer {printed}"}))[0] == 200
+        assert (await request(daemon, "GET", "/v1/readers", {"Authorization": f"Bearer {new}"}))[
+            0
+        ] == 401
+        assert (
+            await request(daemon, "GET", "/v1/readers", {"Authorization": f"Bearer {printed}"})
+        )[0] == 200
         new = printed
 
 
@@ -577,7 +679,9 @@ async def test_missing_token_file_accepts_no_token(own_daemon):
     assert status == 401
     assert daemon.cli("token", "rotate").returncode == 0
     new = token_file.read_text().strip()
-    assert (await request(daemon, "GET", "/v1/readers", {"Authorization": f"Bearer {new}"}))[0] == 200
+    assert (await request(daemon, "GET", "/v1/readers", {"Authorization": f"Bearer {new}"}))[
+        0
+    ] == 200
 
 
 # -- headers on every answer ------------------------------------------------------------------
@@ -592,8 +696,12 @@ async def test_every_kind_of_answer_has_the_security_headers(daemon):
         await request(daemon, "DELETE", "/v1/readers", daemon.auth),  # 405
         await request(daemon, "GET", "/v1/health", {"Host": "evil.example", **daemon.auth}),  # 421
         await request(daemon, "POST", "/v1/rfid/wait-tap", {"Origin": FULL}, data=b"x"),  # 415
-        await request(daemon, "OPTIONS", "/v1/rfid/wait-tap",
-                      {"Origin": FULL, "Access-Control-Request-Method": "POST"}),  # 204
+        await request(
+            daemon,
+            "OPTIONS",
+            "/v1/rfid/wait-tap",
+            {"Origin": FULL, "Access-Control-Request-Method": "POST"},
+        ),  # 204
     ]
     assert [a[0] for a in answers] == [200, 401, 403, 404, 405, 421, 415, 204]
     for status, h, body in answers:

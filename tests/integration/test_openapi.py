@@ -138,9 +138,16 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(pcscd, vr
     # positive_data_acceptance is left out on purpose: cardd checks meaning beyond the schema
     # (ID checksums, the nonce's base64 form, an origin for local callers) and answers 400 with
     # a stable code, which each operation documents.
-    checks = [st.not_a_server_error, st.status_code_conformance, st.content_type_conformance,
-              st.response_schema_conformance, st.response_headers_conformance,
-              st.negative_data_rejection, st.ignored_auth, st.unsupported_method]
+    checks = [
+        st.not_a_server_error,
+        st.status_code_conformance,
+        st.content_type_conformance,
+        st.response_schema_conformance,
+        st.response_headers_conformance,
+        st.negative_data_rejection,
+        st.ignored_auth,
+        st.unsupported_method,
+    ]
     d = Daemon(tmp_path)
     tapper = Tapper(vreaders)
     try:
@@ -158,8 +165,11 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(pcscd, vr
             calls["n"] += 1
             calls["statuses"].add(response.status_code)
             run_checks = list(checks)
-            if (response.status_code == 504 and case.path == "/v1/rfid/wait-tap"
-                    and json.loads(response.text)["error"]["code"] == "timeout"):
+            if (
+                response.status_code == 504
+                and case.path == "/v1/rfid/wait-tap"
+                and json.loads(response.text)["error"]["code"] == "timeout"
+            ):
                 # The page's own timeoutMs ran out before the tapper tapped: documented, the
                 # contract test_serve.py pins (504 "timeout"); not a server fault.
                 run_checks.remove(st.not_a_server_error)
@@ -170,15 +180,21 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(pcscd, vr
             try:
                 case.validate_response(response, checks=run_checks, headers=d.auth)
             except Exception as e:  # noqa: BLE001 - schemathesis raises a FailureGroup
-                failures.append(f"{case.method} {case.path} {str(case.body)[:300]}: {str(e)[:1500]}")
+                failures.append(
+                    f"{case.method} {case.path} {str(case.body)[:300]}: {str(e)[:1500]}"
+                )
 
         for result in schema.get_all_operations():
             operation = result.ok()
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-                @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                          phases=[Phase.explicit, Phase.generate],
-                          suppress_health_check=list(HealthCheck))
+                @settings(
+                    max_examples=EXAMPLES,
+                    deadline=None,
+                    database=None,
+                    phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=list(HealthCheck),
+                )
                 @given(case=operation.as_strategy(generation_mode=mode))
                 def run(case) -> None:
                     check(case)
