@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import re
+import subprocess
+import sys
 import tarfile
 
 import aiohttp
@@ -243,7 +246,7 @@ def test_no_secret_in_any_log_line(world, exercised):
     assert any("A12*****89" in json.dumps(r, ensure_ascii=False) for r in records)
 
 
-def test_careless_callers_cannot_leak_through_the_layer(world, exercised, monkeypatch):
+def test_careless_callers_cannot_leak_through_the_layer(world, exercised):
     """The daemon's own code never hands secrets to a logger (above); here a careless caller does,
     in every form, during real operations in this process, and the layer still scrubs them.
 
@@ -253,7 +256,6 @@ def test_careless_callers_cannot_leak_through_the_layer(world, exercised, monkey
     import logging
 
     from cardd.log import setup_logging
-    from cardd.moica.pkcs11 import Pkcs11Signer
     from cardd.readers.pcsc import PcscBackend
     from cardd.rfid.burn import StudentCards
     from cardd.rfid.keys import load_key_file
@@ -278,21 +280,16 @@ def test_careless_callers_cannot_leak_through_the_layer(world, exercised, monkey
         ledger.close()
 
         # During C_Login the PIN is in scope: a record logged then (by anyone) is scrubbed.
-        class LeakPinDuringLogin(logging.Filter):
-            def filter(self, record):
-                if "C_Login on slot" in record.getMessage():
-                    careless.warning("the PIN is %s, again: pin=%s", PIN, PIN)
-                return True
-
-        leak = LeakPinDuringLogin()
-        logging.getLogger("cardd.moica.pkcs11").addFilter(leak)
-        for k, v in world["token"].env().items():
-            monkeypatch.setenv(k, v)
-        signer = Pkcs11Signer(world["token"].module_path)
-        try:
-            signer.sign(world["identity"].signing.der(), b"data", lambda: bytearray(PIN.encode()))
-        finally:
-            logging.getLogger("cardd.moica.pkcs11").removeFilter(leak)
+        cert = world["tmp"] / "signing.der"
+        cert.write_bytes(world["identity"].signing.der())
+        signed = subprocess.run(
+            [sys.executable, "-m", "tests.integration.careless_pin",
+             world["token"].module_path, str(cert)],
+            env=dict(os.environ, **world["token"].env(), CARELESS_PIN=PIN),
+            capture_output=True, text=True, timeout=60,
+        )
+        assert signed.returncode == 0, signed.stderr[-2000:]
+        stream.write(signed.stderr)
     finally:
         setup_logging("warning")
     text = stream.getvalue()
