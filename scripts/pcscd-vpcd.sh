@@ -18,9 +18,20 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   $SUDO systemctl start pcscd.service
 else
   # no systemd (containers): run pcscd as a plain daemon
-  if pgrep -x pcscd >/dev/null; then
-    $SUDO pkill -x pcscd || true
-    for _ in $(seq 50); do pgrep -x pcscd >/dev/null || break; sleep 0.1; done
+  # Only the system pcscd: the one in our mount namespace. A private pcscd of a running test
+  # session (cardd.sim.pcscd, in a mount namespace of its own) is left alone.
+  ours=$(readlink /proc/self/ns/mnt)
+  system_pcscd() {
+    for pid in $(pgrep -x pcscd); do
+      [ "$($SUDO readlink "/proc/$pid/ns/mnt" 2>/dev/null)" = "$ours" ] && echo "$pid"
+    done
+    return 0
+  }
+  pids=$(system_pcscd)
+  if [ -n "$pids" ]; then
+    # shellcheck disable=SC2086
+    $SUDO kill $pids || true
+    for _ in $(seq 50); do [ -z "$(system_pcscd)" ] && break; sleep 0.1; done
   fi
   $SUDO mkdir -p /run/pcscd
   $SUDO rm -f /run/pcscd/pcscd.comm /run/pcscd/pcscd.pid
