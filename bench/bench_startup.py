@@ -15,6 +15,12 @@ bench_crl.py is ~20 MB DER, its index file ~12 MB) next to the token file.
   with cardd's runs: Popen -> its socket accepts a connection; RSS of the pcscd process after
   the same settling time.
 
+Bytecode: an installed cardd (pip, a Debian package) has its .pyc files compiled at install
+time. A development shell often sets PYTHONDONTWRITEBYTECODE=1, and then every start compiles all
+of cardd from source (~0.4 s). By default the benchmark therefore gives the cardd processes a
+private bytecode cache (PYTHONPYCACHEPREFIX in the work directory, filled by the uncounted first
+start; the repository is not written); ``--no-bytecode`` measures the inherited environment as is.
+
 "Cold" = a new process each run; the page cache is warm (dropping it would disturb everyone
 else on a shared machine). Also shown: what loading the CRL index would cost if ``serve`` did
 it at start (it does not: the revocation store is created at the first citizen-card check).
@@ -96,12 +102,23 @@ class NotifySocket:
         self.path.unlink(missing_ok=True)
 
 
+#: extra environment of every measured Python process (see --no-bytecode)
+CHILD_ENV: dict[str, str] = {}
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, **CHILD_ENV, **extra)
+    if CHILD_ENV:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def start_cardd(work: Path, state: Path, settle: float) -> dict[str, object]:
     port = C.free_port()
     config = work / "cardd.toml"
     config.write_text(f"[api]\nport = {port}\n")
     notify = NotifySocket(work / "notify.sock")
-    env = dict(os.environ, CARDD_STATE_DIR=str(state), NOTIFY_SOCKET=str(notify.path))
+    env = child_env(CARDD_STATE_DIR=str(state), NOTIFY_SOCKET=str(notify.path))
     log = open(work / "cardd.log", "ab")  # noqa: SIM115 - closed below
     t0 = time.perf_counter()
     proc = subprocess.Popen([str(C.CARDD_SCRIPT), "--config", str(config), "serve"], env=env,
@@ -141,7 +158,7 @@ def import_floor() -> dict[str, float]:
     code = ("import cardd.cli.main, cardd.daemon, cardd.api.app, cardd.rfid.station, "
             "cardd.rfid.taps, cardd.readers.pcsc, cardd.supervision")
     t0 = time.perf_counter()
-    subprocess.run([str(C.VENV_BIN / "python"), "-c", code], check=True)
+    subprocess.run([str(C.VENV_BIN / "python"), "-c", code], check=True, env=child_env())
     return {"ready_s": time.perf_counter() - t0}
 
 
@@ -150,16 +167,24 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--settle", type=float, default=2.0, help="seconds after start before RSS")
     ap.add_argument("--crl-entries", type=int, default=412_000)
+    ap.add_argument("--no-bytecode", action="store_true",
+                    help="no private .pyc cache: the inherited environment as is")
     args = ap.parse_args()
 
     env = C.Env()
     env.wait_readers()
     work = Path(tempfile.mkdtemp(prefix="cardd-bench-startup-"))
     state = work / "state"
+    if not args.no_bytecode:
+        CHILD_ENV["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    print("bytecode: " + ("as inherited (PYTHONDONTWRITEBYTECODE="
+                          f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r})" if args.no_bytecode
+                          else "private .pyc cache, as an installed cardd"))
     crl = write_crl_index(state, args.crl_entries)
     print(f"state dir: CRL index of {args.crl_entries} entries, {crl['index_mb']:.1f} MB "
           f"(from a {crl['der_mb']:.1f} MB CRL); loading it would take {crl['index_load_s']:.3f} s")
-    start_cardd(work, state, 0.0)  # first start creates the token file; not counted
+    start_cardd(work, state, 0.0)  # first start creates the token file (and .pyc); not counted
+    import_floor()
 
     cardd_runs, pcscd_runs, floor_runs = [], [], []
     for _ in range(args.runs):  # interleaved: machine load hits all alike

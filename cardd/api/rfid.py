@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -14,10 +14,12 @@ from cardd.errors import OperationTimeout
 from cardd.events import EventBus
 from cardd.readers.manager import ReaderManager
 from cardd.readers.types import ReaderKind
-from cardd.rfid.burn import BurnOutcome, CardRecord
 from cardd.rfid.idnumber import mask_id
 from cardd.rfid.station import RfidStation
 from cardd.rfid.uid import uid_forms
+
+if TYPE_CHECKING:  # the burn machinery loads with the station's first student-card operation
+    from cardd.rfid.burn import BurnOutcome, CardRecord
 
 STATION_KEY = web.AppKey("rfid_station", RfidStation)
 

@@ -14,13 +14,17 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cardd.config import Config
 from cardd.errors import CardNotSupported, ConfigError, NoCard, Pkcs11ModuleMissing
-from cardd.moica.profile import CertificateProfile, parse_profile
 from cardd.readers.identify import CardIdentity, CardType
 from cardd.readers.transport import SmartCardConnection
+
+if TYPE_CHECKING:
+    # cardd.moica.profile pulls in cryptography and asn1crypto (~0.1 s): imported at the first
+    # card read, not when `cardd serve` starts (bench_startup.py; tests/unit/test_lazy_imports.py)
+    from cardd.moica.profile import CertificateProfile
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +183,8 @@ class MoicaService:
             number = None
             if not ders:
                 raise NoCard("the PKCS#11 module sees no citizen certificate card")
+        from cardd.moica.profile import parse_profile
+
         certs = tuple(MoicaCertificate(der, parse_profile(der, trust=trust)) for der in ders)
         return MoicaCard(identity.card_type, number, certs)
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import TYPE_CHECKING
 
 from cardd.config import Config
 from cardd.errors import ConfigError
-from cardd.rfid.burn import StudentCards
-from cardd.rfid.keys import load_key_file
-from cardd.rfid.ledger import Ledger, open_ledger
+
+if TYPE_CHECKING:
+    # imported on first use too: the burn/ledger/key modules (and sqlite3) are not part of
+    # `cardd serve`'s start-up (bench_startup.py; tests/unit/test_lazy_imports.py)
+    from cardd.rfid.burn import StudentCards
+    from cardd.rfid.ledger import Ledger
 
 
 class RfidStation:
@@ -27,6 +31,8 @@ class RfidStation:
 
     @property
     def ledger(self) -> Ledger:
+        from cardd.rfid.ledger import open_ledger
+
         with self._lock:
             if self._ledger is None:
                 target = self.config.rfid.ledger or str(self.config.state_dir / "ledger.sqlite3")
@@ -37,6 +43,9 @@ class RfidStation:
 
     @property
     def cards(self) -> StudentCards:
+        from cardd.rfid.burn import StudentCards
+        from cardd.rfid.keys import load_key_file
+
         ledger = self.ledger
         with self._lock:
             if self._cards is None:
