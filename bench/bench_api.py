@@ -208,6 +208,8 @@ def bench_readers(
 ) -> dict[str, Any]:
     import urllib.request
 
+    import psutil
+
     req = urllib.request.Request(
         cardd.url + "/v1/readers", headers={"Authorization": f"Bearer {cardd.token}"}
     )
@@ -224,16 +226,27 @@ def bench_readers(
             "cardd_token": (cardd.url + "/v1/readers", {"Authorization": f"Bearer {cardd.token}"}),
             "cardd_origin": (cardd.url + "/v1/readers", {"Origin": ORIGIN}),
         }
+        # Server CPU time per request (all its threads): a second view, less sensitive than
+        # req/s to other tenants of a shared machine taking the CPU away.
+        server = {"bare": psutil.Process(bare.pid), "cardd": psutil.Process(cardd.proc.pid)}
+
+        def cpu_s(name: str) -> float:
+            t = server["bare" if name == "bare" else "cardd"].cpu_times()
+            return float(t.user + t.system)
+
         for url, headers in targets.values():  # warm-up (imports, first connections)
             wrk(url, headers, 2, connections)
         runs: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
         for i in range(rounds):
             for name, (url, headers) in targets.items():
+                cpu_before = cpu_s(name)
                 res = wrk(url, headers, seconds, connections)
+                res["cpu_us_per_req"] = (cpu_s(name) - cpu_before) * 1e6 / (res["rps"] * seconds)
                 runs[name].append(res)
                 print(
                     f"  round {i + 1} {name:13s} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:6.2f} ms  "
-                    f"p99 {res['p99_ms']:6.2f} ms  non-2xx {res['non_2xx']} {res['socket_errors']}",
+                    f"p99 {res['p99_ms']:6.2f} ms  {res['cpu_us_per_req']:5.0f} us CPU/req  "
+                    f"non-2xx {res['non_2xx']} {res['socket_errors']}",
                     flush=True,
                 )
     finally:
@@ -251,7 +264,8 @@ def bench_readers(
         result[f"{name}_ratios"] = ratios
     for name, rs in runs.items():
         result[f"{name}_median"] = {
-            k: C.quantile(sorted(r[k] for r in rs), 0.5) for k in ("rps", "p50_ms", "p99_ms")
+            k: C.quantile(sorted(r[k] for r in rs), 0.5)
+            for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")
         }
     return result
 
@@ -359,12 +373,17 @@ def main() -> int:
             f"{readers[name + '_median']['rps']:.0f}",
             f"{readers[name + '_median']['p50_ms']:.2f}",
             f"{readers[name + '_median']['p99_ms']:.2f}",
+            f"{readers[name + '_median']['cpu_us_per_req']:.0f}",
             "1.000" if name == "bare" else f"{readers[name + '_ratio_median']:.3f}",
         ]
         for name in ("bare", "cardd_token", "cardd_origin")
     ]
     print()
-    print(C.table(["server", "req/s (median)", "p50 ms", "p99 ms", "ratio to bare"], rows))
+    print(
+        C.table(
+            ["server", "req/s (median)", "p50 ms", "p99 ms", "CPU us/req", "ratio to bare"], rows
+        )
+    )
     s = fanout["spread_ms"]
     print(
         f"\nSSE fan-out to {SUBSCRIBERS}: {fanout['events_complete']} events complete "

@@ -27,8 +27,9 @@ the card's login), ``state_dir``, ``sim.*`` and any section cardd cannot switch 
 
 How the parts see the change: the daemon hands them :attr:`LiveConfig.view` instead of a
 :class:`~cardd.config.Config`. It reads through to the configuration in force, so code that
-keeps ``config.api`` (the security middleware) or ``config.readers`` (the reader manager)
-reads the new values on its next request without knowing about reloads.
+keeps ``config.readers`` (the reader manager) reads the new values on its next request without
+knowing about reloads. Hot paths that derive tables from a section (the security middleware's
+origin -> scopes map) use :func:`derived`: the tables are rebuilt once, at the swap.
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from cardd.config import Config, find_config, parse_config
 from cardd.errors import CardError, ConfigError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LIVE_KEYS = frozenset(
     {
@@ -82,9 +84,16 @@ class LiveConfig:
     def __init__(self, config: Config) -> None:
         self.current = config
         self.view = cast(Config, _View(self, ()))
+        self._on_swap: list[Callable[[Config], None]] = []
 
     def swap(self, config: Config) -> None:
         self.current = config
+        for callback in self._on_swap:
+            callback(config)
+
+    def on_swap(self, callback: Callable[[Config], None]) -> None:
+        """Call ``callback(new_config)`` right after every swap (on the event loop)."""
+        self._on_swap.append(callback)
 
 
 class _View:
@@ -115,32 +124,45 @@ class _View:
         return f"<live {self._target()!r}>"
 
 
-def reloading_middleware(api: Any, build: Callable[[Any], Any]) -> Any:
-    """An aiohttp middleware made by ``build(api_section)``, made again when a reload swaps the
-    ``[api]`` section (``api`` is :attr:`LiveConfig.view`'s ``api``, or a plain ApiConfig).
+class Derived(Generic[T]):
+    """``build(section)`` of one configuration section, built again when a reload swaps that
+    section; :attr:`value` is what is in force.
 
-    For middlewares that derive tables from the configuration once (the security middleware's
-    origin → scopes map). Requests already inside the old one finish with it; per-origin
-    connection counts start afresh with the new one (streams open before the reload are no
-    longer counted: a reload can briefly let an origin hold twice its limit).
+    For hot paths that derive tables from the configuration once (the security middleware's
+    host set and origin -> scopes map): a request reads one attribute, and a reload does the
+    work once, at the swap, instead of every request checking whether something changed.
+    Requests already running keep the value they read; new ones get the new value.
     """
-    from aiohttp import web
 
-    def section() -> Any:
-        return api._target() if isinstance(api, _View) else api
+    __slots__ = ("value", "_build", "_section")
 
-    state: dict[str, Any] = {"section": section()}
-    state["middleware"] = build(state["section"])
+    def __init__(self, section: Any, build: Callable[[Any], T]) -> None:
+        self._build = build
+        self._section = section
+        self.value: T = build(section)
 
-    @web.middleware
-    async def middleware(request: Any, handler: Any) -> Any:
-        current = section()
-        if current is not state["section"]:
-            state["middleware"] = build(current)
-            state["section"] = current
-        return await state["middleware"](request, handler)
+    def _rebuild(self, section: Any) -> None:
+        if section is not self._section:
+            self.value = self._build(section)
+            self._section = section
 
-    return middleware
+
+def derived(section: Any, build: Callable[[Any], T]) -> Derived[T]:
+    """:class:`Derived` of ``section``: a section of :attr:`LiveConfig.view` (e.g. ``view.api``)
+    follows reloads; a plain section (tests, ``cardd`` without a reloader) never changes."""
+    if not isinstance(section, _View):
+        return Derived(section, build)
+    live, path = section._live, section._path  # noqa: SLF001 - our own class
+
+    def current(config: Config) -> Any:
+        obj: Any = config
+        for name in path:
+            obj = getattr(obj, name)
+        return obj
+
+    out = Derived(current(live.current), build)
+    live.on_swap(lambda config: out._rebuild(current(config)))  # noqa: SLF001
+    return out
 
 
 # -- finding what changed --------------------------------------------------------------------

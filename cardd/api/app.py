@@ -11,7 +11,6 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from cardd import __version__, metrics
-from cardd.api.errors import from_card_error, json_error
 from cardd.api.metrics import add_routes as add_metrics_routes
 from cardd.api.moica import MOICA_KEY
 from cardd.api.moica import add_routes as add_moica_routes
@@ -19,11 +18,9 @@ from cardd.api.rfid import STATION_KEY
 from cardd.api.rfid import add_routes as add_rfid_routes
 from cardd.api.security import ROUTE_SCOPE, TokenStore, add_security_headers, security_middleware
 from cardd.config import Config
-from cardd.errors import CardError
 from cardd.events import EventBus
 from cardd.moica.service import MoicaService
 from cardd.readers.manager import ReaderManager
-from cardd.reload import reloading_middleware
 from cardd.rfid.station import RfidStation
 
 logger = logging.getLogger(__name__)
@@ -39,19 +36,6 @@ def _route(name: str, scope: str | None = None) -> str:
     if scope is not None:
         ROUTE_SCOPE[name] = scope
     return name
-
-
-@web.middleware
-async def card_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    try:
-        return await handler(request)
-    except CardError as e:
-        return from_card_error(e)
-    except (web.HTTPException, asyncio.CancelledError):
-        raise
-    except Exception:
-        logger.exception("unexpected error in %s %s", request.method, request.path)
-        return json_error(500, "internal_error", "cardd hit an internal error; see its log.")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -162,9 +146,9 @@ def create_app(
     token_file = config.api.token_file or (config.state_dir / "token")
     tokens = TokenStore(token_file)  # created 0600 at first start; re-read when rotated
     app = web.Application(
-        # rebuilt from the [api] section in force after a configuration reload (cardd.reload)
-        middlewares=[reloading_middleware(config.api, lambda api: security_middleware(api, tokens)),
-                     card_errors],
+        # one middleware: security checks, then CardError / crashes as JSON; its tables follow
+        # configuration reloads of [api] (cardd.reload.derived). One layer: issue 5 benchmark.
+        middlewares=[security_middleware(config.api, tokens)],
         client_max_size=config.api.max_body_bytes,
     )
     # security headers (and CORS for allowed origins) on every answer, streams included

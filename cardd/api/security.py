@@ -41,8 +41,17 @@ Routes that a browser loads without an Origin header (navigation, ``<script src>
 described with ``public=True`` (cardd.api.routedoc.describe); they skip step 2, nothing else.
 
 The bearer token lives in a file (0600, created at first start). The daemon re-reads it when the
-file's (mtime_ns, inode, size) change, one ``stat()`` per token-authenticated request, so
-``cardd token rotate`` takes effect at once: the old token is refused from the next request on.
+file's (mtime_ns, inode, size) change. It looks at most once per :data:`TOKEN_RECHECK_SECONDS`
+(1 s) while tokens are accepted, and at once when a token is refused: after ``cardd token
+rotate`` the new token works on its first request and **the old one is refused within 1 s**
+(a ``stat()`` per request cost a third of the whole request; bench/RESULTS.md). A deleted or
+emptied token file is likewise noticed within 1 s.
+
+Cost (issue 5: ≥ 0.8 × a bare aiohttp handler): everything above is **one** aiohttp
+middleware (each extra layer costs a coroutine and a wrapper per request), reading tables built
+once per configuration: :func:`cardd.reload.derived` rebuilds them when a reload swaps the
+``[api]`` section, so a request does not check for reloads. The same middleware maps
+:class:`~cardd.errors.CardError` and unexpected exceptions of handlers to JSON answers.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ import logging
 import os
 import secrets
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +80,7 @@ from cardd.api.limits import (
 from cardd.api.schema import BodySchema
 from cardd.config import ApiConfig
 from cardd.errors import CardError, InvalidInput, UnsupportedMediaType
+from cardd.reload import derived
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +93,8 @@ SELF_SCOPE = "pin.submit"
 #: request headers a preflight may ask for
 PREFLIGHT_HEADERS = frozenset({"content-type"})
 PREFLIGHT_MAX_AGE = "600"
+#: how long an accepted token is trusted before the token file is looked at again
+TOKEN_RECHECK_SECONDS = 1.0
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 SECURITY_HEADERS = {
@@ -97,7 +110,7 @@ SECURITY_HEADERS = {
 }
 
 
-_HEADER_ITEMS = tuple(SECURITY_HEADERS.items())
+_HEADER_ITEMS = tuple((k, v) for k, v in SECURITY_HEADERS.items() if k != "Server")
 
 
 @dataclass(frozen=True)
@@ -165,20 +178,30 @@ def ensure_token(path: Path) -> str:
 class TokenStore:
     """The token file as the daemon sees it: re-read whenever the file changes.
 
-    A missing, unreadable or empty file accepts no token at all (fail closed).
+    The file is looked at (one ``stat()``) at most every :data:`TOKEN_RECHECK_SECONDS` while
+    the token given matches, and at once whenever it does not: a rotated token works at once,
+    the old one is refused within that second. A missing, unreadable or empty file accepts no
+    token at all (fail closed).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._path_str = str(path)  # os.stat(str) skips Path.__fspath__ on every request
+        self._path_str = str(path)  # os.stat(str) skips Path.__fspath__
         ensure_token(path)
         self._stat_key: tuple[int, int, int] | None = None
         self._token: bytes | None = None
+        self._recheck_at = 0.0  # time.monotonic() after which the file is looked at again
 
-    def current(self) -> bytes | None:
+    def current(self, *, fresh: bool = False) -> bytes | None:
+        """The token in force; ``fresh`` looks at the file now instead of within a second."""
+        now = time.monotonic()
+        if not fresh and now < self._recheck_at:
+            return self._token
+        self._recheck_at = now + TOKEN_RECHECK_SECONDS
         try:
             st = os.stat(self._path_str)
         except OSError:
+            self._token = self._stat_key = None
             return None
         key = (st.st_mtime_ns, st.st_ino, st.st_size)
         if key != self._stat_key:
@@ -186,6 +209,7 @@ class TokenStore:
                 text = self.path.read_text(encoding="ascii").strip()
             except (OSError, UnicodeDecodeError):
                 logger.warning("cannot read the token file %s", self.path)
+                self._token = self._stat_key = None
                 return None
             if self._stat_key is not None:
                 logger.info("token file %s changed: using the new token", self.path)
@@ -194,8 +218,14 @@ class TokenStore:
         return self._token
 
     def accepts(self, given: str) -> bool:
+        if not given:
+            return False
+        raw = given.encode()
         token = self.current()
-        return bool(given) and token is not None and hmac.compare_digest(given.encode(), token)
+        if token is not None and hmac.compare_digest(raw, token):
+            return True
+        token = self.current(fresh=True)  # refused: maybe the file changed within the second
+        return token is not None and hmac.compare_digest(raw, token)
 
 
 class _FixedToken(TokenStore):
@@ -205,7 +235,7 @@ class _FixedToken(TokenStore):
         self.path = Path()
         self._token = token.encode()
 
-    def current(self) -> bytes | None:
+    def current(self, *, fresh: bool = False) -> bytes | None:
         return self._token
 
 
@@ -219,6 +249,8 @@ async def add_security_headers(request: web.BaseRequest, response: web.StreamRes
     setdefault = headers.setdefault  # one C call per header: this runs for every answer
     for k, v in _HEADER_ITEMS:
         setdefault(k, v)
+    # aiohttp has set its own Server header (name and version) before this hook runs
+    headers["Server"] = "cardd"
     origin = request.get(CORS_KEY)  # the middleware sets it (None) on every request it passes
     if origin is not None:
         setdefault("Access-Control-Allow-Origin", origin)
@@ -234,41 +266,60 @@ def self_origins(port: int) -> frozenset[str]:
     )
 
 
+class _Tables:
+    """What the middleware derives from one ``[api]`` section; built again on reload."""
+
+    __slots__ = ("allowed_hosts", "callers", "open_requests", "max_body", "read_timeout")
+
+    def __init__(self, api: ApiConfig) -> None:
+        self.allowed_hosts = frozenset(api.allowed_hosts)
+        scopes_of: dict[str, frozenset[str]] = {p.origin: p.scopes for p in api.origins}
+        for own in self_origins(api.port):
+            scopes_of[own] = scopes_of.get(own, frozenset()) | {SELF_SCOPE}
+        self.callers = {o: Caller(o, scopes, local=False) for o, scopes in scopes_of.items()}
+        # per-origin counts start afresh after a reload: streams opened before it are no
+        # longer counted (a reload can briefly let an origin hold twice its limit)
+        self.open_requests = OpenRequests(api.max_connections_per_origin)
+        self.max_body, self.read_timeout = api.max_body_bytes, api.read_timeout
+
+
 def security_middleware(api: ApiConfig, token: str | TokenStore):  # type: ignore[no-untyped-def]
+    """The one middleware of the API (steps 1-6 above, then the handler's errors as JSON).
+
+    ``api`` may be the ``[api]`` section of :attr:`cardd.reload.LiveConfig.view`: origins and
+    scopes then follow configuration reloads (SIGHUP) from the next request on.
+    """
     import cardd.api.openapi  # noqa: F401 - registers the route records (body schemas)
     from cardd.api.routedoc import ROUTE_DOCS
 
     tokens = _FixedToken(token) if isinstance(token, str) else token
-    allowed_hosts = api.allowed_hosts
-    scopes_of: dict[str, frozenset[str]] = {p.origin: p.scopes for p in api.origins}
-    for own in self_origins(api.port):
-        scopes_of[own] = scopes_of.get(own, frozenset()) | {SELF_SCOPE}
-    callers = {origin: Caller(origin, scopes, local=False) for origin, scopes in scopes_of.items()}
+    tables = derived(api, _Tables)
     local_caller = Caller(None, ALL_SCOPES, local=True)
-    open_requests = OpenRequests(api.max_connections_per_origin)
-    max_body, read_timeout = api.max_body_bytes, api.read_timeout
+    route_docs_get, route_scope_get = ROUTE_DOCS.get, ROUTE_SCOPE.get
 
     @web.middleware
     async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        t = tables.value  # one read: a reload swaps the whole table set
         headers = request.headers
         host = headers.get("Host", "")
-        if host not in allowed_hosts:
+        if host not in t.allowed_hosts:
             # DNS rebinding: a foreign name resolving to 127.0.0.1. Say nothing more.
             logger.warning("refused request with Host %r", host[:80])
             return json_error(421, "misdirected", "Wrong host.")
 
         match_info = request.match_info
         route_name = match_info.route.name
-        doc = ROUTE_DOCS.get(route_name) if route_name else None
+        doc = route_docs_get(route_name) if route_name else None
+        method = request.method
 
         origin = headers.get("Origin")
         request[CORS_KEY] = None  # set, so the header hook's lookup never raises KeyError
-        if doc is not None and doc.public and request.method in ("GET", "HEAD"):
+        if doc is not None and doc.public and (method == "GET" or method == "HEAD"):
             caller = _PUBLIC_CALLER
-            if origin is not None and origin in callers:
+            if origin is not None and origin in t.callers:
                 request[CORS_KEY] = origin
         elif origin is not None:
-            found = callers.get(origin)
+            found = t.callers.get(origin)
             if found is None:  # includes "null" and every origin not listed exactly
                 logger.warning("refused origin %r", origin[:100])
                 return json_error(
@@ -301,19 +352,20 @@ def security_middleware(api: ApiConfig, token: str | TokenStore):  # type: ignor
                 )
             caller = local_caller
 
-        if request.method == "OPTIONS":
+        if method == "OPTIONS":
             return _preflight(request, caller)
 
         if match_info.http_exception is not None:  # 404, 405: the same JSON errors as the rest
             return _http_error(match_info.http_exception)
 
-        scope = ROUTE_SCOPE.get(route_name) if route_name else None
+        scope = route_scope_get(route_name) if route_name else None
         if scope is not None and scope not in caller.scopes:
             return json_error(403, "scope_denied", f"This site may not use '{scope}'.")
 
         counted = caller.origin
-        release = None
+        release = protocol = None
         if counted is not None:
+            open_requests = t.open_requests
             if not open_requests.acquire(counted):
                 logger.warning(
                     "origin %s has %d requests open; refused another", counted, open_requests.limit
@@ -329,20 +381,23 @@ def security_middleware(api: ApiConfig, token: str | TokenStore):  # type: ignor
                 protocol.call_on_lost(release)  # a closed event stream stops counting at once
         try:
             request[CALLER_KEY] = caller
-            if request.method not in _SAFE_METHODS:
+            if method not in _SAFE_METHODS:
                 refused = await _read_json_body(
-                    request, doc.body if doc else None, max_body, read_timeout
+                    request, doc.body if doc else None, t.max_body, t.read_timeout
                 )
                 if refused is not None:
                     return refused
-            try:
-                return await handler(request)
-            except web.HTTPException as e:
-                return _http_error(e)
+            return await handler(request)
+        except web.HTTPException as e:
+            return _http_error(e)
+        except CardError as e:
+            return from_card_error(e)
+        except Exception:  # CancelledError is not an Exception: a closed client ends the handler
+            logger.exception("unexpected error in %s %s", method, request.path)
+            return json_error(500, "internal_error", "cardd hit an internal error; see its log.")
         finally:
             if release is not None:
                 release()
-                protocol = request.protocol
                 if isinstance(protocol, GuardedRequestHandler):
                     protocol.forget(release)
 
