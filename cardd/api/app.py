@@ -53,7 +53,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def readers(request: web.Request) -> web.Response:
     manager = request.app[MANAGER_KEY]
-    return web.json_response({"readers": [r.to_dict() for r in manager.readers()]})
+    return web.json_response({"readers": manager.reader_dicts()})
 
 
 def _sse_frame(event_type: str, data: dict[str, Any], seq: int | None = None) -> bytes:
