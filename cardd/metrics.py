@@ -86,25 +86,19 @@ class _Metric:
         raise NotImplementedError
 
 
-class Counter(_Metric):
-    """Only goes up. ``name`` should end in ``_total``."""
-
-    kind = "counter"
+class _Series(_Metric):
+    """One number per label set: what counters and gauges share."""
 
     def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
         super().__init__(name, help, labels)
         self._values: dict[LabelValues, float] = {}
 
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        if amount < 0:
-            raise ValueError("a counter cannot go down")
+    def _update(self, labels: Sequence[str], change: Callable[[float], float]) -> None:
         with self._lock:
             key = tuple(str(v) for v in labels)
-            if key not in self._values:
-                key_ok = self._key(labels, len(self._values))
-                if key_ok is None:
-                    return
-            self._values[key] = self._values.get(key, 0.0) + amount
+            if key not in self._values and self._key(labels, len(self._values)) is None:
+                return  # over MAX_SERIES: counted in ``overflow``
+            self._values[key] = change(self._values.get(key, 0.0))
 
     def value(self, *labels: str) -> float:
         with self._lock:
@@ -118,28 +112,27 @@ class Counter(_Metric):
         ]
 
 
-class Gauge(_Metric):
+class Counter(_Series):
+    """Only goes up. ``name`` should end in ``_total``."""
+
+    kind = "counter"
+
+    def inc(self, *labels: str, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("a counter cannot go down")
+        self._update(labels, lambda v: v + amount)
+
+
+class Gauge(_Series):
     """Set to the current value; ``set_all`` replaces every series at once (scrape collectors)."""
 
     kind = "gauge"
 
-    def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labels)
-        self._values: dict[LabelValues, float] = {}
-
     def set(self, value: float, *labels: str) -> None:
-        with self._lock:
-            key = tuple(str(v) for v in labels)
-            if key not in self._values and self._key(labels, len(self._values)) is None:
-                return
-            self._values[key] = float(value)
+        self._update(labels, lambda _v: float(value))
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        with self._lock:
-            key = tuple(str(v) for v in labels)
-            if key not in self._values and self._key(labels, len(self._values)) is None:
-                return
-            self._values[key] = self._values.get(key, 0.0) + amount
+        self._update(labels, lambda v: v + amount)
 
     def dec(self, *labels: str, amount: float = 1.0) -> None:
         self.inc(*labels, amount=-amount)
@@ -150,17 +143,6 @@ class Gauge(_Metric):
                 raise ValueError(f"{self.name}: expected labels {self.label_names}, got {key}")
         with self._lock:
             self._values = dict(list(values.items())[:MAX_SERIES])
-
-    def value(self, *labels: str) -> float:
-        with self._lock:
-            return self._values.get(tuple(labels), 0.0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return self.header() + [
-            f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in items
-        ]
 
 
 class Histogram(_Metric):
