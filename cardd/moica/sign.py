@@ -17,7 +17,6 @@ as Web eID does. Freshness and single use of the nonce are the verifier's job.
 from __future__ import annotations
 
 import base64
-import re
 import threading
 from typing import Any, Protocol
 
@@ -28,20 +27,6 @@ from cardd.moica.token import signed_data, validate_nonce, validate_origin
 
 TOKEN_FORMAT = "cardd-moica:1"  # noqa: S105 - the token format name, not a secret
 ALGORITHM = "RS256"
-NONCE_MIN_LENGTH = 44  # 32 random bytes in base64 (bridge-security.md §1.2)
-NONCE_MAX_LENGTH = 128
-ORIGIN_MAX_LENGTH = 255
-
-# Standard or URL-safe alphabet (RFC 4648 §4, §5), padding only at the end: the relying party
-# picks the encoding; what matters here is that no hash or other binary data is smuggled in.
-_NONCE_RE = re.compile(r"(?:[A-Za-z0-9+/]+|[A-Za-z0-9_-]+)={0,2}")
-# The browser's serialisation of an https origin: lower case, no path, no default port, no
-# userinfo. Hosts are DNS names (punycode for IDNs) or bracketed IPv6 literals; IPv4 matches the
-# DNS pattern.
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_ORIGIN_RE = re.compile(
-    rf"https://(?P<host>{_LABEL}(?:\.{_LABEL})*|\[(?P<ipv6>[0-9a-f:.]+)\])(?::(?P<port>[1-9][0-9]{{0,4}}))?"
-)
 
 
 class CardSigner(Protocol):
