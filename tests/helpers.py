@@ -37,3 +37,20 @@ def fixture_card(name: str):
     from cardd.sim.cards.loader import load_card
 
     return load_card(FIXTURES / "cards" / name)
+
+
+def wait_listening(proc, port: int, log_path: Path, timeout: float = 15.0) -> None:  # noqa: ANN001
+    """Until a started daemon accepts connections on ``port``; its log if it exits first."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(log_path.read_text(errors="replace"))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

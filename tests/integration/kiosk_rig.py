@@ -22,7 +22,7 @@ import aiohttp
 
 from cardd.sim.cards.mifare import MifareClassic
 from cardd.sim.sip2_server import TestPatron
-from tests.helpers import READER0, fixture_card, wait_card
+from tests.helpers import READER0, fixture_card, wait_card, wait_listening
 
 KEYS = '[student_card]\nsector = 14\nkey_a = "A0A1A2A3A4A5"\nkey_b = "B0B1B2B3B4B5"\n'
 PERSON = "A123456789"
@@ -95,17 +95,7 @@ class KioskDaemon:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError((self.tmp / "cardd.log").read_text())
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_listening(self.proc, self.port, self.tmp / "cardd.log", timeout=20)
         self.token = (self.state / "token").read_text().strip()
         return self
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers import wait_listening
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -57,17 +59,7 @@ class Daemon:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log_path.read_text())
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_listening(self.proc, port, self.log_path, timeout=20)
         self.token = (self.state / "token").read_text().strip()
 
     @property

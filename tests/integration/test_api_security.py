@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers import READER0, fixture_card, wait_card
+from tests.helpers import READER0, fixture_card, wait_card, wait_listening
 
 pytestmark = pytest.mark.pcsc
 
@@ -85,17 +85,7 @@ class Daemon:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 15
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log_path.read_text())
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_listening(self.proc, self.port, self.log_path, timeout=15)
         self.token = (self.state / "token").read_text().strip()
 
     @property

@@ -9,13 +9,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.helpers import READER0, fixture_card, wait_card
+from tests.helpers import READER0, fixture_card, wait_card, wait_listening
 
 pytestmark = pytest.mark.pcsc
 
@@ -50,17 +49,7 @@ class Daemon:
             [sys.executable, "-m", "cardd.cli.main", "--config", str(self.config), "serve"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 15
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError((tmp / "cardd.log").read_text())
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_listening(self.proc, port, tmp / "cardd.log", timeout=15)
         self.token = (self.state / "token").read_text().strip()
 
     @property
